@@ -1,0 +1,1 @@
+"""The warehouse edge agent."""

@@ -1,0 +1,393 @@
+"""The agent's local SQLite store: the stock books and the outbox in one.
+
+The ``events`` table *is* the outbox (DESIGN §6): an event is committed with
+its seq in one transaction before the producer hears "recorded", and it stays
+there; the hub's watermark (``meta.acked_seq``) says how far the hub has it.
+Nothing is sent from memory that the store does not hold, so a crash or power
+loss can lose nothing that was reported recorded.
+
+Several processes open one store at once (the daemon, ``record``, ``import``,
+``status``): WAL lets readers run beside the one writer, every write takes the
+write lock up front (``BEGIN IMMEDIATE``) and waits for it up to
+``busy_timeout``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from uuid6 import uuid7
+
+from stocksync.events import InvalidEvent, Kind, NewEvent, plain_delta, validate_new_event
+
+__all__ = ["AgentStore", "Backlog", "EventRow", "StoreError", "parse_events_csv"]
+
+EventRow = tuple[int, str, str, int, int, int, str, str, int, int]
+"""(seq, event_id, sku, kind, quantity, delta, reason, reservation_id, as_of_seq,
+recorded_at_ms): one outbox row, in wire order."""
+
+_EVENT_COLUMNS = (
+    "seq, event_id, sku, kind, quantity, delta, reason, reservation_id, as_of_seq, recorded_at_ms"
+)
+
+
+class StoreError(Exception):
+    """The store cannot do what was asked (wrong warehouse, unreadable file...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the hub does not have yet."""
+
+    high_seq: int
+    acked_seq: int
+    pending: int
+    oldest_pending_age_s: float | None
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _migrate_1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["events"].create(
+        {
+            "seq": int,
+            "event_id": str,
+            "sku": str,
+            "kind": int,
+            "quantity": int,
+            "delta": int,
+            "reason": str,
+            "reservation_id": str,
+            "as_of_seq": int,
+            "recorded_at_ms": int,
+        },
+        pk="seq",
+        not_null={"event_id", "sku", "kind", "quantity", "delta", "recorded_at_ms"},
+        defaults={"reason": "", "reservation_id": "", "as_of_seq": 0},
+    )
+    db["stock"].create({"sku": str, "on_hand": int}, pk="sku", not_null={"on_hand"})
+    db["meta"].insert_all(
+        [
+            {"key": "epoch", "value": str(uuid.uuid4())},
+            {"key": "acked_seq", "value": "0"},
+            {"key": "created_at_ms", "value": str(_now_ms())},
+        ]
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1]
+"""Schema steps; ``PRAGMA user_version`` records how many have run."""
+
+
+class AgentStore:
+    """One warehouse's books in one SQLite file.
+
+    Args:
+        path: the database file; created (with a fresh epoch) if missing.
+        synchronous: SQLite's ``synchronous`` pragma. ``FULL`` (the default)
+            makes every commit survive power loss, which "recorded" promises.
+        busy_timeout_ms: how long a writer waits for another one.
+    """
+
+    def __init__(
+        self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
+    ) -> None:
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.path = Path(path)
+        try:
+            self.conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self.db = sqlite_utils.Database(self.conn)
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"cannot open agent store {self.path}: {e}") from e
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def _migrate(self) -> None:
+        with self.write():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise StoreError(
+                    f"{self.path} has schema version {version}; this agent knows "
+                    f"{len(MIGRATIONS)}: upgrade stocksync"
+                )
+            for step in MIGRATIONS[version:]:
+                step(self.db)
+            self.conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    def __enter__(self) -> AgentStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, holding the write lock from its start."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """One consistent read snapshot."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
+    # -- meta --------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @property
+    def epoch(self) -> str:
+        """The random id this store got when it was created."""
+        return self._meta("epoch") or ""
+
+    @property
+    def warehouse(self) -> str | None:
+        """The warehouse this store belongs to, once a daemon has claimed it."""
+        return self._meta("warehouse")
+
+    def claim(self, warehouse: str) -> None:
+        """Bind the store to ``warehouse``; a store serves one warehouse forever.
+
+        Raises:
+            StoreError: if it already belongs to another warehouse.
+        """
+        with self.write():
+            current = self._meta("warehouse")
+            if current is not None and current != warehouse:
+                raise StoreError(
+                    f"{self.path} holds the books of {current}, not {warehouse}; "
+                    "each warehouse needs its own store"
+                )
+            if current is None:
+                self._set_meta("warehouse", warehouse)
+
+    def acked_seq(self) -> int:
+        """The highest seq a hub has acknowledged, as last saved."""
+        return int(self._meta("acked_seq") or 0)
+
+    def set_acked_seq(self, seq: int) -> None:
+        """Save the hub's acknowledgement (it only ever moves forward)."""
+        with self.write():
+            if seq > self.acked_seq():
+                self._set_meta("acked_seq", str(seq))
+
+    def set_link(self, state: dict[str, Any]) -> None:
+        """Record the daemon's link state for ``status``."""
+        with self.write():
+            self._set_meta("link", json.dumps(state))
+
+    def link(self) -> dict[str, Any]:
+        """The daemon's last recorded link state."""
+        raw = self._meta("link")
+        return dict(json.loads(raw)) if raw else {}
+
+    # -- recording ---------------------------------------------------------
+
+    def high_seq(self) -> int:
+        """The highest recorded seq (0 for an empty store)."""
+        row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
+        return int(row[0] or 0)
+
+    def record(self, event: NewEvent) -> int:
+        """Record one event durably; returns its seq.
+
+        Raises:
+            InvalidEvent: if it is malformed; nothing is stored then.
+        """
+        return self.record_many([event])[-1]
+
+    def record_many(
+        self,
+        events: Iterable[NewEvent],
+        on_progress: Callable[[int], None] | None = None,
+        now_ms: int | None = None,
+    ) -> list[int]:
+        """Record events all-or-nothing, in order, in one transaction.
+
+        Each is validated first; a COUNT is rebased over the moves recorded
+        after its ``as_of_seq`` (DESIGN §4) and stored with its delta.
+
+        Args:
+            events: the events, oldest first.
+            on_progress: called with the number of events done so far.
+            now_ms: the agent's clock (informational only).
+
+        Raises:
+            InvalidEvent: for the first bad event; nothing is stored then.
+        """
+        stamp = _now_ms() if now_ms is None else now_ms
+        seqs: list[int] = []
+        with self.write() as conn:
+            high = self.high_seq()
+            for i, event in enumerate(events, start=1):
+                validate_new_event(event)
+                delta = self._delta(conn, event, high)
+                high += 1
+                as_of = event.as_of_seq if event.as_of_seq is not None else high - 1
+                conn.execute(
+                    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        high,
+                        str(uuid7()),
+                        event.sku,
+                        int(event.kind),
+                        event.quantity,
+                        delta,
+                        event.reason,
+                        event.reservation_id,
+                        as_of if event.kind is Kind.COUNT else 0,
+                        stamp,
+                    ),
+                )
+                conn.execute(
+                    "INSERT INTO stock(sku, on_hand) VALUES (?, ?) "
+                    "ON CONFLICT(sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
+                    (event.sku, delta),
+                )
+                seqs.append(high)
+                if on_progress is not None and i % 1000 == 0:
+                    on_progress(i)
+        if on_progress is not None:
+            on_progress(len(seqs))
+        return seqs
+
+    @staticmethod
+    def _delta(conn: sqlite3.Connection, event: NewEvent, high: int) -> int:
+        if event.kind is not Kind.COUNT:
+            return plain_delta(event.kind, event.quantity)
+        as_of = high if event.as_of_seq is None else event.as_of_seq
+        if as_of > high:
+            raise InvalidEvent(f"as_of_seq {as_of} is past the last recorded seq {high}")
+        row = conn.execute("SELECT on_hand FROM stock WHERE sku = ?", (event.sku,)).fetchone()
+        on_hand_now = int(row[0]) if row else 0
+        moved_since = conn.execute(
+            "SELECT coalesce(sum(delta), 0) FROM events WHERE seq > ? AND sku = ?",
+            (as_of, event.sku),
+        ).fetchone()[0]
+        # on_hand as of as_of_seq = now minus what moved since; the count
+        # replaces that, and the moves after it survive (rebased count).
+        return event.quantity - (on_hand_now - int(moved_since))
+
+    # -- reading -------------------------------------------------------------
+
+    def events(self, first: int, last: int) -> list[EventRow]:
+        """Events ``first..last`` inclusive, oldest first."""
+        return self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+            (first, last),
+        ).fetchall()
+
+    def on_hand(self, sku: str | None = None) -> dict[str, int]:
+        """Current on_hand per SKU (or of one SKU)."""
+        if sku is None:
+            rows = self.conn.execute("SELECT sku, on_hand FROM stock ORDER BY sku").fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT sku, on_hand FROM stock WHERE sku = ?", (sku,)
+            ).fetchall()
+        return {str(s): int(q) for s, q in rows}
+
+    def snapshot(self, as_of_seq: int) -> list[tuple[str, int]]:
+        """on_hand per SKU as of ``as_of_seq``: now, minus every later move.
+
+        Read in one transaction, so it is consistent with the events after
+        ``as_of_seq`` that will follow it.
+        """
+        with self.read() as conn:
+            now = dict(conn.execute("SELECT sku, on_hand FROM stock").fetchall())
+            for sku, moved in conn.execute(
+                "SELECT sku, sum(delta) FROM events WHERE seq > ? GROUP BY sku", (as_of_seq,)
+            ):
+                now[sku] = now.get(sku, 0) - moved
+        return sorted((s, int(q)) for s, q in now.items() if q != 0)
+
+    def backlog(self, acked_seq: int | None = None, now_ms: int | None = None) -> Backlog:
+        """What the hub does not have yet, from ``acked_seq`` (default: the saved one)."""
+        with self.read() as conn:
+            acked = self.acked_seq() if acked_seq is None else acked_seq
+            high = self.high_seq()
+            row = conn.execute(
+                "SELECT recorded_at_ms FROM events WHERE seq = ?", (acked + 1,)
+            ).fetchone()
+        age = None
+        if row is not None:
+            age = max(0.0, ((_now_ms() if now_ms is None else now_ms) - row[0]) / 1000)
+        return Backlog(high, acked, max(0, high - acked), age)
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (cheap; for polling)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def parse_events_csv(lines: Iterable[str]) -> Iterator[NewEvent]:
+    """Parse ``sku,kind,qty[,reason]`` rows (a header row is allowed).
+
+    Raises:
+        InvalidEvent: naming the line of the first malformed row.
+    """
+    reader = csv.reader(lines)
+    for lineno, row in enumerate(reader, start=1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        cells = [c.strip() for c in row]
+        if lineno == 1 and [c.lower() for c in cells[:3]] == ["sku", "kind", "qty"]:
+            continue
+        if len(cells) not in (3, 4):
+            raise InvalidEvent(
+                f"line {lineno}: expected sku,kind,qty[,reason], got {len(cells)} columns"
+            )
+        try:
+            kind = Kind.parse(cells[1])
+            try:
+                qty = int(cells[2])
+            except ValueError:
+                raise InvalidEvent(f"quantity {cells[2]!r} is not a whole number") from None
+            event = NewEvent(
+                sku=cells[0], kind=kind, quantity=qty, reason=cells[3] if len(cells) == 4 else ""
+            )
+            validate_new_event(event)
+        except InvalidEvent as e:
+            raise InvalidEvent(f"line {lineno}: {e}") from None
+        yield event

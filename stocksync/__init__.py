@@ -1,0 +1,1 @@
+"""stocksync: real-time warehouse stock for live-commerce rooms."""

@@ -1,0 +1,118 @@
+"""Conversions between the store rows and ``stocksync.v1`` messages.
+
+The one place both ends translate the wire: the agent builds batches from its
+outbox rows, the hub turns a received batch back into rows after checking
+every field with the same rules the agent recorded them by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from stocksync.events import InvalidEvent, Kind, check_fields, plain_delta
+from stocksync.protocol import HelloInfo
+from stocksync.v1 import sync_pb2
+
+__all__ = ["MAX_MESSAGE_BYTES", "batch_message", "batch_rows", "hello_info", "hello_message"]
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+"""Largest gRPC message either end accepts (a 5,000-event batch is ~0.6 MB)."""
+
+
+def hello_message(hello: HelloInfo) -> sync_pb2.SyncRequest:
+    """The agent's first message."""
+    return sync_pb2.SyncRequest(
+        hello=sync_pb2.Hello(
+            warehouse=hello.warehouse,
+            epoch=hello.epoch,
+            high_seq=hello.high_seq,
+            acked_seq=hello.acked_seq,
+            protocol_version=hello.protocol_version,
+        )
+    )
+
+
+def hello_info(msg: sync_pb2.Hello) -> HelloInfo:
+    """The protocol core's view of a received Hello."""
+    return HelloInfo(msg.warehouse, msg.epoch, msg.high_seq, msg.acked_seq, msg.protocol_version)
+
+
+def batch_message(
+    rows: Sequence[tuple[int, str, str, int, int, int, str, str, int, int]],
+) -> sync_pb2.SyncRequest:
+    """A Batch of outbox rows (see ``AgentStore.events``), which must be contiguous."""
+    Event = sync_pb2.Event
+    return sync_pb2.SyncRequest(
+        batch=sync_pb2.Batch(
+            first_seq=rows[0][0],
+            events=[
+                Event(
+                    seq=seq,
+                    event_id=event_id,
+                    sku=sku,
+                    kind=kind,  # type: ignore[arg-type]
+                    quantity=quantity,
+                    delta=delta,
+                    reason=reason,
+                    reservation_id=reservation_id,
+                    as_of_seq=as_of_seq,
+                    recorded_at_unix_ms=recorded_at_ms,
+                )
+                for (
+                    seq,
+                    event_id,
+                    sku,
+                    kind,
+                    quantity,
+                    delta,
+                    reason,
+                    reservation_id,
+                    as_of_seq,
+                    recorded_at_ms,
+                ) in rows
+            ],
+        )
+    )
+
+
+def batch_rows(
+    source_id: int, batch: sync_pb2.Batch, skip: int
+) -> list[tuple[int, int, str, str, int, int, int, str, str, int, int]]:
+    """The hub's log rows for ``batch.events[skip:]``, every field checked.
+
+    Raises:
+        InvalidEvent: naming the seq and the field, for the first bad event.
+    """
+    rows = []
+    expected = batch.first_seq + skip
+    for e in batch.events[skip:]:
+        seq, sku, kind, quantity, delta = e.seq, e.sku, e.kind, e.quantity, e.delta
+        try:
+            if seq != expected:
+                raise InvalidEvent(f"seqs are not contiguous: expected {expected}, got {seq}")
+            check_fields(sku, kind, quantity, e.reason, e.reservation_id, kind == Kind.COUNT)
+            if kind != Kind.COUNT and delta != plain_delta(kind, quantity):
+                raise InvalidEvent(f"delta {delta} does not match quantity {quantity}")
+            if kind == Kind.COUNT and e.as_of_seq >= seq:
+                raise InvalidEvent(f"count as of seq {e.as_of_seq} is not before itself")
+            if len(e.event_id) > 64:
+                raise InvalidEvent("event id is longer than 64 characters")
+        except InvalidEvent as err:
+            raise InvalidEvent(f"event seq {seq}: {err}") from None
+        rows.append(
+            (
+                source_id,
+                seq,
+                e.event_id,
+                sku,
+                kind,
+                quantity,
+                delta,
+                e.reason,
+                e.reservation_id,
+                e.as_of_seq,
+                e.recorded_at_unix_ms,
+            )
+        )
+        expected += 1
+    return rows
