@@ -85,14 +85,20 @@ class AgentSession:
 
     Args:
         window: most events sent but not yet acknowledged.
-        max_batch: most events in one batch.
+        max_batch: most events in one batch (N).
+        linger: seconds to wait for a batch to fill before sending it
+            anyway (T); a batch goes out at N events or T, whichever first.
     """
 
-    def __init__(self, window: int, max_batch: int) -> None:
+    def __init__(self, window: int, max_batch: int, linger: float = 0.0) -> None:
         if max_batch < 1 or window < max_batch:
             raise ValueError("need max_batch >= 1 and window >= max_batch")
+        if linger < 0:
+            raise ValueError("linger must be >= 0")
         self.window = window
         self.max_batch = max_batch
+        self.linger = linger
+        self._waiting_since: float | None = None
         self.state = AgentState.CLOSED
         self.acked = 0
         """Highest seq the hub has acknowledged on this stream."""
@@ -141,19 +147,37 @@ class AgentSession:
         """Events sent but not yet acknowledged."""
         return self.sent - self.acked
 
-    def next_batch(self, high_seq: int) -> tuple[int, int] | None:
-        """The seq range to send next, or None when nothing may be sent.
+    def next_batch(self, high_seq: int, now: float = 0.0) -> tuple[int, int] | None:
+        """The seq range to send next, or None when nothing may be sent yet.
 
         Nothing is sent before the Welcome, during a snapshot, when the
         window is full, or when every recorded event is already in flight.
+        A partial batch waits until ``linger`` seconds after its first event
+        was seen; :attr:`send_at` then says when to ask again.
+
+        Args:
+            high_seq: the highest recorded seq.
+            now: a monotonic clock reading, in seconds.
         """
-        if self.state is not AgentState.STREAMING:
+        if self.state is not AgentState.STREAMING or high_seq <= self.sent:
+            self._waiting_since = None
             return None
         room = self.window - self.in_flight
-        if room <= 0 or high_seq <= self.sent:
+        if room <= 0:
             return None
-        first = self.sent + 1
-        return first, min(high_seq, self.sent + min(room, self.max_batch))
+        size = min(high_seq - self.sent, room, self.max_batch)
+        if high_seq - self.sent < self.max_batch and self.linger > 0:
+            if self._waiting_since is None:
+                self._waiting_since = now
+            if now - self._waiting_since < self.linger:
+                return None
+        self._waiting_since = None
+        return self.sent + 1, self.sent + size
+
+    @property
+    def send_at(self) -> float | None:
+        """When a lingering partial batch is due (monotonic seconds), if one is."""
+        return None if self._waiting_since is None else self._waiting_since + self.linger
 
     def on_sent(self, first: int, last: int) -> None:
         """Record that ``first..last`` went out."""

@@ -7,13 +7,22 @@ every field with the same rules the agent recorded them by.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from stocksync.events import InvalidEvent, Kind, check_fields, plain_delta
 from stocksync.protocol import HelloInfo
 from stocksync.v1 import sync_pb2
 
-__all__ = ["MAX_MESSAGE_BYTES", "batch_message", "batch_rows", "hello_info", "hello_message"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "SerialWriter",
+    "batch_message",
+    "batch_rows",
+    "hello_info",
+    "hello_message",
+]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 """Largest gRPC message either end accepts (a 5,000-event batch is ~0.6 MB)."""
@@ -116,3 +125,24 @@ def batch_rows(
         )
         expected += 1
     return rows
+
+
+class _Writable(Protocol):
+    async def write(self, message: Any) -> None: ...
+
+
+class SerialWriter:
+    """One write at a time on a gRPC stream (a call or a servicer context).
+
+    grpc.aio allows a single pending write per stream; the sender, the
+    receiver (command acks) and the pinger share one.
+    """
+
+    def __init__(self, stream: _Writable) -> None:
+        self._stream = stream
+        self._lock = asyncio.Lock()
+
+    async def write(self, message: Any) -> None:
+        """Write ``message`` once earlier writes are done."""
+        async with self._lock:
+            await self._stream.write(message)

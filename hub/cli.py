@@ -1,0 +1,164 @@
+"""``stocksync-hub``: serve agents, and ask a running hub what it holds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import click
+import grpc
+
+from stocksync.cli_common import config_option, load_config, run_until_signal, setup_logging
+from stocksync.config import HubConfig
+from stocksync.hub.server import Hub
+from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
+
+__all__ = ["main"]
+
+hub_option = click.option(
+    "--hub",
+    "target",
+    envvar="STOCKSYNC_HUB_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="The running hub's HOST:PORT (env STOCKSYNC_HUB_ADDRESS).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+
+
+@click.group()
+@click.version_option(package_name="stocksync")
+def main() -> None:
+    """The stocksync hub: mirrors every warehouse's stock, serves rooms.
+
+    Example:
+
+        stocksync-hub serve --db hub.db --listen 0.0.0.0:50051 --insecure
+    """
+
+
+@main.command()
+@click.option("--db", default=None, help="The hub's SQLite store [stocksync-hub.db].")
+@click.option("--listen", default=None, help="HOST:PORT to serve on [127.0.0.1:50051].")
+@click.option("--insecure", is_flag=True, default=None, help="Serve plaintext.")
+@config_option
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def serve(config_file: str | None, verbose: bool, **flags: Any) -> None:
+    """Serve agent streams and queries until SIGTERM or Ctrl-C.
+
+    Settings: flags > STOCKSYNC_HUB_* environment > --config TOML > defaults.
+
+    Example:
+
+        stocksync-hub serve --db hub.db --listen 0.0.0.0:50051 --insecure
+    """
+    config = load_config(HubConfig, config_file, flags)
+    if not config.insecure:
+        raise click.UsageError(
+            "TLS is not configured in this build: pass --insecure "
+            "(STOCKSYNC_HUB_INSECURE=1) to serve plaintext on a trusted network"
+        )
+    setup_logging(verbose)
+    try:
+        hub = Hub(config)
+    except Exception as e:  # an unreadable or foreign database file
+        raise click.ClickException(f"cannot open hub store {config.db}: {e}") from None
+
+    async def main_(stop: asyncio.Event) -> None:
+        try:
+            await hub.start()
+        except RuntimeError as e:
+            await hub.stop()
+            raise click.ClickException(str(e)) from None
+        click.echo(f"stocksync hub serving on port {hub.port}", err=True)
+        await stop.wait()
+        await hub.stop()
+
+    run_until_signal(main_)
+
+
+def _query(target: str, call: str, request: Any) -> Any:
+    with grpc.insecure_channel(target) as channel:
+        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
+        try:
+            return getattr(stub, call)(request, timeout=10)
+        except grpc.RpcError as e:
+            code = e.code()  # type: ignore[attr-defined]
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise click.ClickException(f"no hub answering at {target}") from None
+            raise click.ClickException(f"{code.name}: {e.details()}") from None  # type: ignore[attr-defined]
+
+
+@main.command()
+@click.argument("skus", metavar="SKU...", nargs=-1, required=True)
+@hub_option
+@json_option
+def stock(skus: tuple[str, ...], target: str, as_json: bool) -> None:
+    """Show on_hand of SKUs, in total and per warehouse.
+
+    Example:
+
+        stocksync-hub stock SKU-1 SKU-2 --json
+    """
+    reply = _query(target, "GetStock", inventory_pb2.GetStockRequest(skus=list(skus)))
+    items = [
+        {
+            "sku": s.sku,
+            "on_hand": s.on_hand,
+            "warehouses": {w.warehouse: {"on_hand": w.on_hand} for w in s.warehouses},
+        }
+        for s in reply.skus
+    ]
+    if as_json:
+        click.echo(json.dumps(items[0] if len(items) == 1 else items))
+        return
+    for item in items:
+        per = "  ".join(f"{w}={v['on_hand']}" for w, v in item["warehouses"].items())
+        click.echo(f"{item['sku']:<24}{item['on_hand']:>10}  {per}")
+
+
+@main.command()
+@hub_option
+@json_option
+def warehouses(target: str, as_json: bool) -> None:
+    """Show every warehouse: connected, epoch, watermark, last seen, lag.
+
+    Example:
+
+        stocksync-hub warehouses --json
+    """
+    reply = _query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest())
+    now_ms = time.time_ns() // 1_000_000
+    items = [
+        {
+            "warehouse": w.warehouse,
+            "connected": w.connected,
+            "epoch": w.epoch,
+            "watermark": w.watermark,
+            "last_seen_unix_ms": w.last_seen_unix_ms,
+            "last_seen_ago_s": round((now_ms - w.last_seen_unix_ms) / 1000, 3)
+            if w.last_seen_unix_ms
+            else None,
+            "lag_events": w.lag_events,
+            "lag_seconds": w.lag_seconds,
+        }
+        for w in reply.warehouses
+    ]
+    if as_json:
+        click.echo(json.dumps(items))
+        return
+    click.echo(
+        f"{'WAREHOUSE':<12}{'CONN':<6}{'WATERMARK':>10}{'SEEN':>10}{'LAG':>9}{'LAG_S':>8}  EPOCH"
+    )
+    for i in items:
+        seen = "-" if i["last_seen_ago_s"] is None else f"{i['last_seen_ago_s']:.0f}s ago"
+        click.echo(
+            f"{i['warehouse']:<12}{'yes' if i['connected'] else 'no':<6}{i['watermark']:>10}"
+            f"{seen:>10}{i['lag_events']:>9}{i['lag_seconds']:>8.1f}  {i['epoch']}"
+        )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,56 @@
+"""What both command-line tools share: config loading, logging, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+import click
+
+from stocksync.config import AgentConfig, ConfigError, HubConfig, load
+
+__all__ = ["config_option", "load_config", "run_until_signal", "setup_logging"]
+
+C = TypeVar("C", AgentConfig, HubConfig)
+
+config_option = click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="TOML file of settings (keys as in the README's configuration table).",
+)
+
+
+def load_config(cls: type[C], config_file: str | None, flags: Mapping[str, Any]) -> C:
+    """Load configuration, turning a bad value into a clean CLI error."""
+    try:
+        return load(cls, config_file=config_file, flags=flags)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def setup_logging(verbose: bool) -> None:
+    """Log to stderr, one line per record."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` and set ``stop`` on SIGTERM or SIGINT (Ctrl-C)."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())

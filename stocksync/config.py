@@ -1,0 +1,196 @@
+"""Typed configuration for the agent and the hub.
+
+Every knob is a dataclass field with its meaning in ``metadata["help"]``.
+Precedence: command-line flag > environment (``STOCKSYNC_AGENT_…`` /
+``STOCKSYNC_HUB_…``) > TOML file (``--config``, keys as the field names) >
+default. :func:`load` merges them; ``validate()`` names the bad field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from stocksync.events import InvalidEvent, validate_warehouse
+
+__all__ = ["AgentConfig", "ConfigError", "HubConfig", "env_name", "load"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or out of range; the message names it."""
+
+
+def _knob(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value:g}")
+
+
+def _check_listen(name: str, value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+
+
+@dataclass
+class AgentConfig:
+    """How the warehouse agent runs (``stocksync-agent run``)."""
+
+    warehouse: str = _knob("", "Warehouse id this agent speaks for, e.g. WH-LAX. Required.")
+    hub: str = _knob("127.0.0.1:50051", "The hub's HOST:PORT.")
+    db: str = _knob("stocksync-agent.db", "Path of the agent's SQLite store.")
+    insecure: bool = _knob(False, "Talk to the hub in plaintext. Only when explicitly asked for.")
+    synchronous: str = _knob(
+        "FULL", "SQLite synchronous pragma of the store; FULL survives power loss."
+    )
+    batch_max_events: int = _knob(1000, "A batch goes out at this many events (N)...")
+    batch_linger_ms: int = _knob(5, "...or this long after its first event, whichever first (T).")
+    window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
+    poll_interval_ms: int = _knob(
+        10, "How often the daemon looks for events recorded by other processes."
+    )
+    ping_interval_s: float = _knob(5.0, "How often the agent reports its backlog to the hub.")
+    backoff_initial_s: float = _knob(0.5, "First reconnect delay bound (full jitter).")
+    backoff_max_s: float = _knob(30.0, "Reconnect delays grow exponentially up to this cap.")
+    connect_timeout_s: float = _knob(10.0, "How long to wait for the hub's Welcome.")
+    keepalive_s: float = _knob(20.0, "HTTP/2 keepalive ping interval; detects dead links.")
+
+    def validate(self) -> AgentConfig:
+        """Check every field; returns self.
+
+        Raises:
+            ConfigError: naming the first bad field.
+        """
+        if not self.warehouse:
+            raise ConfigError("warehouse: required (--warehouse, STOCKSYNC_AGENT_WAREHOUSE)")
+        try:
+            validate_warehouse(self.warehouse)
+        except InvalidEvent as e:
+            raise ConfigError(f"warehouse: {e}") from None
+        _check_listen("hub", self.hub)
+        if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
+        _check_range("batch_max_events", self.batch_max_events, 1, 5000)
+        _check_range("batch_linger_ms", self.batch_linger_ms, 0, 10_000)
+        _check_range("window_events", self.window_events, self.batch_max_events, 1_000_000)
+        _check_range("poll_interval_ms", self.poll_interval_ms, 1, 10_000)
+        _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
+        _check_range("backoff_initial_s", self.backoff_initial_s, 0.01, 3600)
+        _check_range("backoff_max_s", self.backoff_max_s, self.backoff_initial_s, 86_400)
+        _check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 3600)
+        _check_range("keepalive_s", self.keepalive_s, 1, 3600)
+        return self
+
+
+@dataclass
+class HubConfig:
+    """How the hub runs (``stocksync-hub serve``)."""
+
+    listen: str = _knob("127.0.0.1:50051", "HOST:PORT the gRPC server listens on.")
+    db: str = _knob("stocksync-hub.db", "Path of the hub's SQLite store.")
+    insecure: bool = _knob(False, "Serve plaintext. Only when explicitly asked for.")
+    synchronous: str = _knob("FULL", "SQLite synchronous pragma; FULL: an ack survives power loss.")
+    max_batch_events: int = _knob(5000, "Largest batch accepted from an agent, in events.")
+    hello_timeout_s: float = _knob(10.0, "A stream that sends no Hello within this is closed.")
+    ping_interval_s: float = _knob(15.0, "How often the hub pings each agent.")
+    grace_s: float = _knob(5.0, "On SIGTERM, how long in-flight batches get to finish.")
+
+    def validate(self) -> HubConfig:
+        """Check every field; returns self.
+
+        Raises:
+            ConfigError: naming the first bad field.
+        """
+        _check_listen("listen", self.listen)
+        if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
+            raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
+        _check_range("max_batch_events", self.max_batch_events, 1, 50_000)
+        _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)
+        _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
+        _check_range("grace_s", self.grace_s, 0, 3600)
+        return self
+
+
+C = TypeVar("C", AgentConfig, HubConfig)
+
+_PREFIX = {AgentConfig: "STOCKSYNC_AGENT_", HubConfig: "STOCKSYNC_HUB_"}
+
+
+def env_name(cls: type[AgentConfig] | type[HubConfig], name: str) -> str:
+    """The environment variable of a field, e.g. ``STOCKSYNC_AGENT_HUB``."""
+    return _PREFIX[cls] + name.upper()
+
+
+def _coerce(name: str, kind: type, value: Any, source: str) -> Any:
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind is int and isinstance(value, float | bool):
+            raise ValueError(value)
+        if kind is str and not isinstance(value, str):
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{name}: {value!r} from {source} is not a valid {kind.__name__}"
+        ) from None
+
+
+def load(
+    cls: type[C],
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> C:
+    """Merge defaults < TOML file < environment < flags, then validate.
+
+    Args:
+        cls: AgentConfig or HubConfig.
+        config_file: a TOML file whose top-level keys are field names.
+        env: the environment (default ``os.environ``).
+        flags: values given on the command line; None means "not given".
+
+    Raises:
+        ConfigError: for an unreadable file, an unknown key or a bad value.
+    """
+    env = os.environ if env is None else env
+    types = {f.name: f.type for f in dataclasses.fields(cls)}
+    kinds = {
+        n: {"str": str, "int": int, "float": float, "bool": bool}[str(t)] for n, t in types.items()
+    }
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ConfigError(f"config: cannot read {config_file}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config: {config_file} is not valid TOML: {e}") from None
+        for key, value in data.items():
+            if key not in kinds:
+                raise ConfigError(f"{key}: unknown setting in {config_file}")
+            values[key] = _coerce(key, kinds[key], value, str(config_file))
+    for name, kind in kinds.items():
+        var = env_name(cls, name)
+        if var in env:
+            values[name] = _coerce(name, kind, env[var], var)
+    for name, value in (flags or {}).items():
+        if value is not None and name in kinds:
+            values[name] = _coerce(name, kinds[name], value, "the command line")
+    return cls(**values).validate()
