@@ -12,6 +12,8 @@ import grpc
 
 from stocksync.cli_common import config_option, load_config, run_until_signal, setup_logging
 from stocksync.config import HubConfig
+from stocksync.hub.bench import bench
+from stocksync.hub.demo import demo
 from stocksync.hub.server import Hub
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
 
@@ -159,6 +161,9 @@ def warehouses(target: str, as_json: bool) -> None:
             f"{seen:>10}{i['lag_events']:>9}{i['lag_seconds']:>8.1f}  {i['epoch']}"
         )
 
+
+main.add_command(demo)
+main.add_command(bench)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -524,14 +524,20 @@ class Simulation:
     gaps: int = 0
 
     def transmit_to_hub(self, message: tuple[str, int, int], lossy: bool) -> None:
-        """Queue a message to the hub, maybe dropping it or repeating it late."""
-        self.to_hub.extend(self._lossy(message, self.late_to_hub, lossy))
+        """Queue a message to the hub, maybe dropping it or repeating it late.
+
+        A snapshot is never repeated: a hub takes a snapshot mid-stream as a
+        new base (it may have asked for one), so a stale copy is not a
+        duplicate the protocol could recognise.
+        """
+        repeat = message[0] != "snapshot"
+        self.to_hub.extend(self._lossy(message, self.late_to_hub, lossy, repeat))
 
     def transmit_to_agent(self, ack: int, lossy: bool) -> None:
         """Queue an ack to the agent, maybe dropping it or repeating it late."""
         self.to_agent.extend(self._lossy(ack, self.late_to_agent, lossy))
 
-    def _lossy(self, message: _M, late: list[_M], lossy: bool) -> list[_M]:
+    def _lossy(self, message: _M, late: list[_M], lossy: bool, repeat: bool = True) -> list[_M]:
         """What reaches the queue: nothing, the message, and maybe older copies.
 
         A repeated message may arrive straight after itself or behind later
@@ -540,7 +546,7 @@ class Simulation:
         if not lossy:
             return [message]
         out = [] if self.rng.random() < self.drop else [message]
-        if out and self.rng.random() < self.dup:
+        if out and repeat and self.rng.random() < self.dup:
             late.append(message)
         if late and self.rng.random() < 0.5:
             out.append(late.pop(0))
