@@ -1,0 +1,42 @@
+"""Print the README's configuration table from the typed config dataclasses.
+
+    python scripts/config_table.py
+
+tests/test_docs.py fails when README.md does not contain this exact table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stocksync.config import AgentConfig, HubConfig, env_name
+
+
+def _flag(name: str, cls: type[AgentConfig] | type[HubConfig]) -> str:
+    flags = {
+        AgentConfig: {"warehouse", "hub", "db", "insecure"},
+        HubConfig: {"listen", "db", "insecure"},
+    }[cls]
+    return f"`--{name.replace('_', '-')}`" if name in flags else "-"
+
+
+def table() -> str:
+    """The markdown table, one row per setting of each program."""
+    lines = [
+        "| program | flag | environment | TOML key | default | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for program, cls in (("agent", AgentConfig), ("hub", HubConfig)):
+        for f in dataclasses.fields(cls):
+            default = f.default
+            shown = str(default).lower() if isinstance(default, bool) else str(default)
+            shown = f"`{shown}`" if shown else "(none)"
+            lines.append(
+                f"| {program} | {_flag(f.name, cls)} | `{env_name(cls, f.name)}` | `{f.name}` "
+                f"| {shown} | {f.metadata['help']} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(table())

@@ -1,0 +1,80 @@
+"""Configuration: flags > environment > TOML > defaults, and named errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stocksync.config import AgentConfig, ConfigError, HubConfig, load
+
+
+def test_defaults_need_only_the_warehouse() -> None:
+    config = load(AgentConfig, env={}, flags={"warehouse": "WH-LAX"})
+    assert config == AgentConfig(warehouse="WH-LAX")
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    toml = tmp_path / "agent.toml"
+    toml.write_text('warehouse = "WH-FILE"\nhub = "file:1"\nbatch_max_events = 200\n')
+    env = {"STOCKSYNC_AGENT_HUB": "env:2", "STOCKSYNC_AGENT_WAREHOUSE": "WH-ENV"}
+    config = load(AgentConfig, config_file=toml, env=env, flags={"warehouse": "WH-FLAG"})
+    assert config.warehouse == "WH-FLAG"  # flag beats env and file
+    assert config.hub == "env:2"  # env beats file
+    assert config.batch_max_events == 200  # file beats default
+    assert config.window_events == AgentConfig.window_events  # default
+
+
+def test_flags_left_as_none_do_not_override(tmp_path: Path) -> None:
+    config = load(HubConfig, env={"STOCKSYNC_HUB_DB": "env.db"}, flags={"db": None})
+    assert config.db == "env.db"
+
+
+def test_env_booleans_and_numbers_are_parsed() -> None:
+    env = {"STOCKSYNC_HUB_INSECURE": "yes", "STOCKSYNC_HUB_GRACE_S": "1.5"}
+    config = load(HubConfig, env=env)
+    assert config.insecure is True
+    assert config.grace_s == 1.5
+
+
+@pytest.mark.parametrize(
+    ("env", "field"),
+    [
+        ({"STOCKSYNC_AGENT_BATCH_MAX_EVENTS": "0"}, "batch_max_events"),
+        ({"STOCKSYNC_AGENT_BATCH_MAX_EVENTS": "many"}, "batch_max_events"),
+        ({"STOCKSYNC_AGENT_WINDOW_EVENTS": "10"}, "window_events"),
+        ({"STOCKSYNC_AGENT_HUB": "nohostport"}, "hub"),
+        ({"STOCKSYNC_AGENT_WAREHOUSE": "WH LAX"}, "warehouse"),
+        ({"STOCKSYNC_AGENT_WAREHOUSE": ""}, "warehouse"),
+        ({"STOCKSYNC_AGENT_INSECURE": "maybe"}, "insecure"),
+        ({"STOCKSYNC_AGENT_SYNCHRONOUS": "OFF"}, "synchronous"),
+    ],
+)
+def test_bad_values_name_the_field(env: dict[str, str], field: str) -> None:
+    env = {"STOCKSYNC_AGENT_WAREHOUSE": "WH-LAX", **env}
+    with pytest.raises(ConfigError) as err:
+        load(AgentConfig, env=env)
+    assert str(err.value).startswith(f"{field}:")
+
+
+def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
+    toml = tmp_path / "hub.toml"
+    toml.write_text("listen = '127.0.0.1:1'\nlisten_port = 5\n")
+    with pytest.raises(ConfigError, match="listen_port: unknown setting"):
+        load(HubConfig, config_file=toml, env={})
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load(HubConfig, config_file=tmp_path / "missing.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("listen = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load(HubConfig, config_file=bad, env={})
+
+
+def test_toml_value_of_wrong_type_is_named(tmp_path: Path) -> None:
+    toml = tmp_path / "hub.toml"
+    toml.write_text("max_batch_events = 1.5\n")
+    with pytest.raises(ConfigError, match="max_batch_events"):
+        load(HubConfig, config_file=toml, env={})
