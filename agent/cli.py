@@ -179,24 +179,23 @@ def import_(csv_file: str, db: str) -> None:
 @click.option("--hub", default=None, help="The hub's HOST:PORT [127.0.0.1:50051].")
 @click.option("--db", default=None, help="The agent's SQLite store [stocksync-agent.db].")
 @click.option("--insecure", is_flag=True, default=None, help="Plaintext to the hub.")
+@click.option("--tls-cert", default=None, help="Client certificate (PEM), CN = warehouse id.")
+@click.option("--tls-key", default=None, help="Its private key (PEM).")
+@click.option("--tls-ca", default=None, help="CA (PEM) that signed the hub's certificate.")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
     """Stream recorded events to the hub, reconnecting forever.
 
-    Stops cleanly on SIGTERM or Ctrl-C. Settings: flags > STOCKSYNC_AGENT_*
-    environment > --config TOML > defaults.
+    Stops cleanly on SIGTERM or Ctrl-C. Mutual TLS by default (--tls-cert,
+    --tls-key, --tls-ca); plaintext only with --insecure. Settings: flags >
+    STOCKSYNC_AGENT_* environment > --config TOML > defaults.
 
     Example:
 
         stocksync-agent run --warehouse WH-LAX --hub hub.example:50051 --db lax.db --insecure
     """
     config = load_config(AgentConfig, config_file, flags)
-    if not config.insecure:
-        raise click.UsageError(
-            "TLS is not configured in this build: pass --insecure "
-            "(STOCKSYNC_AGENT_INSECURE=1) to stream in plaintext on a trusted network"
-        )
     setup_logging(verbose)
     store = _open(config.db)
 

@@ -31,6 +31,7 @@ from stocksync import wire
 from stocksync.agent.store import AgentStore
 from stocksync.config import AgentConfig
 from stocksync.protocol import AgentSession, AgentState, ProtocolError, WelcomeInfo
+from stocksync.tls import channel_credentials
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
 __all__ = ["AgentLink", "LinkFailed", "LinkLost"]
@@ -169,7 +170,13 @@ class AgentLink:
             LinkLost: after it.
         """
         cfg = self.config
-        async with grpc.aio.insecure_channel(cfg.hub, options=channel_options(cfg)) as channel:
+        options = channel_options(cfg)
+        channel = (
+            grpc.aio.insecure_channel(cfg.hub, options=options)
+            if cfg.insecure
+            else grpc.aio.secure_channel(cfg.hub, channel_credentials(cfg), options=options)
+        )
+        async with channel:
             stub = sync_pb2_grpc.SyncServiceStub(channel)
             call = stub.Sync()
             session = AgentSession(

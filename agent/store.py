@@ -277,7 +277,7 @@ class AgentStore:
                         delta,
                         event.reason,
                         event.reservation_id,
-                        as_of if event.kind is Kind.COUNT else 0,
+                        as_of if event.kind == Kind.COUNT else 0,
                         stamp,
                     ),
                 )
@@ -295,7 +295,7 @@ class AgentStore:
 
     @staticmethod
     def _delta(conn: sqlite3.Connection, event: NewEvent, high: int) -> int:
-        if event.kind is not Kind.COUNT:
+        if event.kind != Kind.COUNT:
             return plain_delta(event.kind, event.quantity)
         as_of = high if event.as_of_seq is None else event.as_of_seq
         if as_of > high:
@@ -368,7 +368,8 @@ def parse_events_csv(lines: Iterable[str]) -> Iterator[NewEvent]:
         InvalidEvent: naming the line of the first malformed row.
     """
     reader = csv.reader(lines)
-    for lineno, row in enumerate(reader, start=1):
+    for row in reader:
+        lineno = reader.line_num  # file lines, also past multi-line quoted fields
         if not row or all(not c.strip() for c in row):
             continue
         cells = [c.strip() for c in row]

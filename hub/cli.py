@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,6 +31,47 @@ hub_option = click.option(
 json_option = click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 
 
+def client_options(command: Any) -> Any:
+    """--hub plus how to reach it: mutual TLS files, or --insecure."""
+    for option in reversed(
+        [
+            hub_option,
+            click.option(
+                "--insecure",
+                is_flag=True,
+                envvar="STOCKSYNC_CLIENT_INSECURE",
+                help="Plaintext (env STOCKSYNC_CLIENT_INSECURE).",
+            ),
+            click.option(
+                "--tls-cert", envvar="STOCKSYNC_CLIENT_TLS_CERT", help="Client cert (PEM)."
+            ),
+            click.option("--tls-key", envvar="STOCKSYNC_CLIENT_TLS_KEY", help="Its key (PEM)."),
+            click.option("--tls-ca", envvar="STOCKSYNC_CLIENT_TLS_CA", help="CA of the hub (PEM)."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _channel(target: str, insecure: bool, tls: dict[str, str | None]) -> grpc.Channel:
+    if insecure:
+        return grpc.insecure_channel(target)
+    missing = [f"--{k.replace('_', '-')}" for k, v in tls.items() if not v]
+    if missing:
+        raise click.UsageError(
+            f"{', '.join(missing)} required for mutual TLS (or --insecure for plaintext)"
+        )
+    try:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=Path(str(tls["tls_ca"])).read_bytes(),
+            private_key=Path(str(tls["tls_key"])).read_bytes(),
+            certificate_chain=Path(str(tls["tls_cert"])).read_bytes(),
+        )
+    except OSError as e:
+        raise click.UsageError(f"cannot read {e.filename}: {e.strerror}") from None
+    return grpc.secure_channel(target, creds)
+
+
 @click.group()
 @click.version_option(package_name="stocksync")
 def main() -> None:
@@ -45,23 +87,24 @@ def main() -> None:
 @click.option("--db", default=None, help="The hub's SQLite store [stocksync-hub.db].")
 @click.option("--listen", default=None, help="HOST:PORT to serve on [127.0.0.1:50051].")
 @click.option("--insecure", is_flag=True, default=None, help="Serve plaintext.")
+@click.option("--tls-cert", default=None, help="Server certificate (PEM).")
+@click.option("--tls-key", default=None, help="Its private key (PEM).")
+@click.option("--tls-ca", default=None, help="CA (PEM) that signs agents' client certificates.")
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: str | None, verbose: bool, **flags: Any) -> None:
     """Serve agent streams and queries until SIGTERM or Ctrl-C.
 
-    Settings: flags > STOCKSYNC_HUB_* environment > --config TOML > defaults.
+    Mutual TLS by default (--tls-cert, --tls-key, --tls-ca: every agent
+    presents a certificate naming its warehouse); plaintext only with
+    --insecure. Settings: flags > STOCKSYNC_HUB_* environment > --config TOML
+    > defaults.
 
     Example:
 
         stocksync-hub serve --db hub.db --listen 0.0.0.0:50051 --insecure
     """
     config = load_config(HubConfig, config_file, flags)
-    if not config.insecure:
-        raise click.UsageError(
-            "TLS is not configured in this build: pass --insecure "
-            "(STOCKSYNC_HUB_INSECURE=1) to serve plaintext on a trusted network"
-        )
     setup_logging(verbose)
     try:
         hub = Hub(config)
@@ -81,8 +124,8 @@ def serve(config_file: str | None, verbose: bool, **flags: Any) -> None:
     run_until_signal(main_)
 
 
-def _query(target: str, call: str, request: Any) -> Any:
-    with grpc.insecure_channel(target) as channel:
+def _query(target: str, call: str, request: Any, insecure: bool, **tls: str | None) -> Any:
+    with _channel(target, insecure, tls) as channel:
         stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         try:
             return getattr(stub, call)(request, timeout=10)
@@ -95,16 +138,16 @@ def _query(target: str, call: str, request: Any) -> Any:
 
 @main.command()
 @click.argument("skus", metavar="SKU...", nargs=-1, required=True)
-@hub_option
+@client_options
 @json_option
-def stock(skus: tuple[str, ...], target: str, as_json: bool) -> None:
+def stock(skus: tuple[str, ...], target: str, as_json: bool, **conn: Any) -> None:
     """Show on_hand of SKUs, in total and per warehouse.
 
     Example:
 
-        stocksync-hub stock SKU-1 SKU-2 --json
+        stocksync-hub stock SKU-1 SKU-2 --json --insecure
     """
-    reply = _query(target, "GetStock", inventory_pb2.GetStockRequest(skus=list(skus)))
+    reply = _query(target, "GetStock", inventory_pb2.GetStockRequest(skus=list(skus)), **conn)
     items = [
         {
             "sku": s.sku,
@@ -122,16 +165,16 @@ def stock(skus: tuple[str, ...], target: str, as_json: bool) -> None:
 
 
 @main.command()
-@hub_option
+@client_options
 @json_option
-def warehouses(target: str, as_json: bool) -> None:
+def warehouses(target: str, as_json: bool, **conn: Any) -> None:
     """Show every warehouse: connected, epoch, watermark, last seen, lag.
 
     Example:
 
-        stocksync-hub warehouses --json
+        stocksync-hub warehouses --json --insecure
     """
-    reply = _query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest())
+    reply = _query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest(), **conn)
     now_ms = time.time_ns() // 1_000_000
     items = [
         {

@@ -25,6 +25,7 @@ from stocksync.hub.links import LinkRegistry
 from stocksync.hub.sqlite_store import SqliteHubStore
 from stocksync.hub.storage import HubStore
 from stocksync.hub.sync_service import SyncServicer
+from stocksync.tls import server_credentials
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc, sync_pb2, sync_pb2_grpc
 from stocksync.wire import MAX_MESSAGE_BYTES
 
@@ -135,11 +136,6 @@ class Hub:
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0)."""
-        if not self.config.insecure:
-            raise RuntimeError(
-                "TLS is not configured in this build: start the hub with --insecure "
-                "(STOCKSYNC_HUB_INSECURE=1) on a trusted network"
-            )
         server = grpc.aio.server(options=server_options())
         sync_pb2_grpc.add_SyncServiceServicer_to_server(
             SyncServicer(
@@ -163,7 +159,10 @@ class Hub:
             reflection.SERVICE_NAME,
         ]
         reflection.enable_server_reflection(names, server)
-        self.port = server.add_insecure_port(self.config.listen)
+        if self.config.insecure:
+            self.port = server.add_insecure_port(self.config.listen)
+        else:
+            self.port = server.add_secure_port(self.config.listen, server_credentials(self.config))
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         await server.start()

@@ -40,6 +40,21 @@ def _check_listen(name: str, value: str) -> None:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
 
 
+def _check_tls(config: AgentConfig | HubConfig) -> None:
+    """Either plaintext explicitly, or all three PEM files, readable."""
+    files = {"tls_cert": config.tls_cert, "tls_key": config.tls_key, "tls_ca": config.tls_ca}
+    if config.insecure:
+        given = [name for name, path in files.items() if path]
+        if given:
+            raise ConfigError(f"{given[0]}: set together with insecure; choose one")
+        return
+    for name, path in files.items():
+        if not path:
+            raise ConfigError(f"{name}: required for mutual TLS (or set insecure to use plaintext)")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(f"{name}: cannot read {path}")
+
+
 @dataclass
 class AgentConfig:
     """How the warehouse agent runs (``stocksync-agent run``)."""
@@ -48,6 +63,11 @@ class AgentConfig:
     hub: str = _knob("127.0.0.1:50051", "The hub's HOST:PORT.")
     db: str = _knob("stocksync-agent.db", "Path of the agent's SQLite store.")
     insecure: bool = _knob(False, "Talk to the hub in plaintext. Only when explicitly asked for.")
+    tls_cert: str = _knob(
+        "", "This warehouse's client certificate (PEM); its CN is the warehouse id."
+    )
+    tls_key: str = _knob("", "The client certificate's private key (PEM).")
+    tls_ca: str = _knob("", "CA certificate(s) (PEM) that signed the hub's certificate.")
     synchronous: str = _knob(
         "FULL", "SQLite synchronous pragma of the store; FULL survives power loss."
     )
@@ -76,6 +96,7 @@ class AgentConfig:
         except InvalidEvent as e:
             raise ConfigError(f"warehouse: {e}") from None
         _check_listen("hub", self.hub)
+        _check_tls(self)
         if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
         _check_range("batch_max_events", self.batch_max_events, 1, 5000)
@@ -97,6 +118,9 @@ class HubConfig:
     listen: str = _knob("127.0.0.1:50051", "HOST:PORT the gRPC server listens on.")
     db: str = _knob("stocksync-hub.db", "Path of the hub's SQLite store.")
     insecure: bool = _knob(False, "Serve plaintext. Only when explicitly asked for.")
+    tls_cert: str = _knob("", "The hub's server certificate (PEM).")
+    tls_key: str = _knob("", "The server certificate's private key (PEM).")
+    tls_ca: str = _knob("", "CA certificate(s) (PEM) that sign client certificates; required.")
     synchronous: str = _knob("FULL", "SQLite synchronous pragma; FULL: an ack survives power loss.")
     max_batch_events: int = _knob(5000, "Largest batch accepted from an agent, in events.")
     hello_timeout_s: float = _knob(10.0, "A stream that sends no Hello within this is closed.")
@@ -110,6 +134,7 @@ class HubConfig:
             ConfigError: naming the first bad field.
         """
         _check_listen("listen", self.listen)
+        _check_tls(self)
         if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
         _check_range("max_batch_events", self.max_batch_events, 1, 50_000)

@@ -105,6 +105,7 @@ class AgentSession:
         self.sent = 0
         """Highest seq sent on this stream."""
         self.snapshot_as_of = 0
+        self._snapshot_sent = False
         self._high_at_hello = 0
 
     def hello(self, warehouse: str, epoch: str, high_seq: int, acked_seq: int) -> HelloInfo:
@@ -130,6 +131,7 @@ class AgentSession:
             raise ProtocolError(f"unexpected Welcome in state {self.state.value}")
         if welcome.snapshot_required:
             self.state = AgentState.SNAPSHOT
+            self._snapshot_sent = False
             self.snapshot_as_of = self.acked = self.sent = acked_seq
             return
         if welcome.watermark > self._high_at_hello:
@@ -189,10 +191,12 @@ class AgentSession:
         """The last snapshot chunk went out; wait for its ack."""
         if self.state is not AgentState.SNAPSHOT:
             raise ProtocolError("no snapshot was requested")
+        self._snapshot_sent = True
 
     def on_snapshot_request(self, acked_seq: int) -> None:
         """The hub asked for a snapshot mid-stream: stop sending, resend from it."""
         self.state = AgentState.SNAPSHOT
+        self._snapshot_sent = False
         self.snapshot_as_of = self.acked = self.sent = acked_seq
 
     def on_ack(self, up_to_seq: int) -> int:
@@ -204,6 +208,8 @@ class AgentSession:
             ProtocolError: for an ack of seqs never sent.
         """
         if self.state is AgentState.SNAPSHOT:
+            if not self._snapshot_sent:
+                raise ProtocolError("snapshot acknowledged before it was sent")
             if up_to_seq != self.snapshot_as_of:
                 raise ProtocolError(
                     f"snapshot as of {self.snapshot_as_of} acknowledged at {up_to_seq}"
@@ -278,6 +284,7 @@ class HubSession:
         self.epoch = ""
         self.watermark = 0
         self.agent_high_seq = 0
+        self._applying = 0
 
     def on_hello(self, hello: HelloInfo, known_watermark: int | None) -> WelcomeInfo:
         """Decide the Welcome.
@@ -351,12 +358,16 @@ class HubSession:
             return Duplicate(self.watermark)
         if first_seq > self.watermark + 1:
             return Gap(expected=self.watermark + 1, got=first_seq)
+        self._applying = last
         return Apply(skip=self.watermark + 1 - first_seq, last_seq=last)
 
     def on_applied(self, last_seq: int) -> int:
         """The batch is durable up to ``last_seq``. Returns the seq to ack."""
-        if last_seq <= self.watermark:
-            raise ProtocolError(f"watermark cannot move back from {self.watermark} to {last_seq}")
+        if last_seq != self._applying:
+            raise ProtocolError(
+                f"applied up to {last_seq}, but the batch being applied ends at {self._applying}"
+            )
+        self._applying = 0
         self.watermark = last_seq
         return last_seq
 

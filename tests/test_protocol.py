@@ -93,12 +93,13 @@ def send_next(agent: AgentSession, high_seq: int, now: float = 0.0) -> tuple[int
 def test_handshake_goes_from_hello_to_welcome_to_streaming() -> None:
     agent = AgentSession(window=50, max_batch=10)
     hub = HubSession(identity=WH)
-    assert agent.state is AgentState.CLOSED
-    assert hub.state is HubState.AWAITING_HELLO
+    assert (agent.state, hub.state) == (AgentState.CLOSED, HubState.AWAITING_HELLO)
 
     hello = agent.hello(WH, EPOCH, high_seq=7, acked_seq=3)
-    assert hello == HelloInfo(WH, EPOCH, 7, 3, PROTOCOL_VERSION)
-    assert agent.state is AgentState.CONNECTING
+    assert (hello, agent.state) == (
+        HelloInfo(WH, EPOCH, 7, 3, PROTOCOL_VERSION),
+        AgentState.CONNECTING,
+    )
     assert agent.next_batch(7) is None, "nothing may be sent before the Welcome"
 
     welcome = hub.on_hello(hello, known_watermark=3)
@@ -261,12 +262,16 @@ def test_batch_starting_below_seq_1_is_refused() -> None:
         streaming_hub(watermark=0).on_batch(0, 3)
 
 
-def test_watermark_never_moves_back() -> None:
+def test_watermark_moves_only_to_the_end_of_the_batch_being_applied() -> None:
     hub = streaming_hub(watermark=10)
-    for seq in (10, 9):
-        with pytest.raises(ProtocolError, match="back"):
+    for seq in (10, 9, 15):  # backwards, or with no Apply verdict at all
+        with pytest.raises(ProtocolError, match="being applied"):
             hub.on_applied(seq)
+    assert hub.on_batch(11, 5) == Apply(skip=0, last_seq=15)
+    with pytest.raises(ProtocolError, match="being applied ends at 15"):
+        hub.on_applied(14)
     assert hub.watermark == 10
+    assert hub.on_applied(15) == 15
 
 
 def test_hub_tracks_agent_lag_from_hello_batches_and_pings() -> None:
@@ -276,6 +281,7 @@ def test_hub_tracks_agent_lag_from_hello_batches_and_pings() -> None:
     hub.on_backlog(30)
     hub.on_backlog(25)  # an older ping never lowers what the agent is known to have
     assert hub.lag_events == 25
+    assert hub.on_batch(6, 25) == Apply(skip=0, last_seq=30)
     hub.on_applied(30)
     assert hub.lag_events == 0
 
@@ -424,8 +430,7 @@ def test_unknown_epoch_requires_a_snapshot_before_any_batch() -> None:
     assert hub.state is HubState.AWAITING_SNAPSHOT
 
     agent.on_welcome(welcome, acked_seq=20)
-    assert agent.state is AgentState.SNAPSHOT
-    assert agent.snapshot_as_of == 20
+    assert (agent.state, agent.snapshot_as_of) == (AgentState.SNAPSHOT, 20)
     assert agent.next_batch(30) is None, "no batch until the snapshot is acknowledged"
 
     agent.on_snapshot_sent()
@@ -451,13 +456,6 @@ def test_snapshot_ack_at_another_seq_is_refused() -> None:
     assert agent.state is AgentState.SNAPSHOT
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "AgentSession.on_snapshot_sent() records nothing, so on_ack() in SNAPSHOT "
-        "accepts the snapshot's ack before the snapshot was sent and resumes streaming"
-    ),
-)
 def test_snapshot_ack_before_the_snapshot_was_sent_is_refused() -> None:
     agent = AgentSession(window=100, max_batch=10)
     agent.hello(WH, "new-epoch", high_seq=30, acked_seq=20)
