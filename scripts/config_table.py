@@ -14,8 +14,8 @@ from stocksync.config import AgentConfig, HubConfig, env_name
 
 def _flag(name: str, cls: type[AgentConfig] | type[HubConfig]) -> str:
     flags = {
-        AgentConfig: {"warehouse", "hub", "db", "insecure"},
-        HubConfig: {"listen", "db", "insecure"},
+        AgentConfig: {"warehouse", "hub", "db", "insecure", "tls_cert", "tls_key", "tls_ca"},
+        HubConfig: {"listen", "db", "insecure", "tls_cert", "tls_key", "tls_ca"},
     }[cls]
     return f"`--{name.replace('_', '-')}`" if name in flags else "-"
 

@@ -96,7 +96,6 @@ class AgentConfig:
         except InvalidEvent as e:
             raise ConfigError(f"warehouse: {e}") from None
         _check_listen("hub", self.hub)
-        _check_tls(self)
         if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
         _check_range("batch_max_events", self.batch_max_events, 1, 5000)
@@ -108,6 +107,7 @@ class AgentConfig:
         _check_range("backoff_max_s", self.backoff_max_s, self.backoff_initial_s, 86_400)
         _check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 3600)
         _check_range("keepalive_s", self.keepalive_s, 1, 3600)
+        _check_tls(self)
         return self
 
 
@@ -134,13 +134,13 @@ class HubConfig:
             ConfigError: naming the first bad field.
         """
         _check_listen("listen", self.listen)
-        _check_tls(self)
         if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
             raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
         _check_range("max_batch_events", self.max_batch_events, 1, 50_000)
         _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)
         _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
         _check_range("grace_s", self.grace_s, 0, 3600)
+        _check_tls(self)
         return self
 
 

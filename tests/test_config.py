@@ -10,14 +10,33 @@ from stocksync.config import AgentConfig, ConfigError, HubConfig, load
 
 
 def test_defaults_need_only_the_warehouse() -> None:
-    config = load(AgentConfig, env={}, flags={"warehouse": "WH-LAX"})
-    assert config == AgentConfig(warehouse="WH-LAX")
+    config = load(AgentConfig, env={}, flags={"warehouse": "WH-LAX", "insecure": True})
+    assert config == AgentConfig(warehouse="WH-LAX", insecure=True)
+
+
+def test_tls_files_are_required_unless_insecure(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^tls_cert: required"):
+        load(AgentConfig, env={}, flags={"warehouse": "WH-LAX"})
+    with pytest.raises(ConfigError, match=r"^tls_cert: cannot read"):
+        load(
+            HubConfig, env={}, flags={"tls_cert": "/nonexistent.pem", "tls_key": "k", "tls_ca": "c"}
+        )
+    with pytest.raises(ConfigError, match=r"^tls_ca: set together with insecure"):
+        load(HubConfig, env={}, flags={"insecure": True, "tls_ca": "ca.pem"})
+    pem = tmp_path / "x.pem"
+    pem.write_text("-")
+    files = {"tls_cert": str(pem), "tls_key": str(pem), "tls_ca": str(pem)}
+    assert load(HubConfig, env={}, flags=files).tls_ca == str(pem)
 
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
     toml = tmp_path / "agent.toml"
     toml.write_text('warehouse = "WH-FILE"\nhub = "file:1"\nbatch_max_events = 200\n')
-    env = {"STOCKSYNC_AGENT_HUB": "env:2", "STOCKSYNC_AGENT_WAREHOUSE": "WH-ENV"}
+    env = {
+        "STOCKSYNC_AGENT_HUB": "env:2",
+        "STOCKSYNC_AGENT_WAREHOUSE": "WH-ENV",
+        "STOCKSYNC_AGENT_INSECURE": "true",
+    }
     config = load(AgentConfig, config_file=toml, env=env, flags={"warehouse": "WH-FLAG"})
     assert config.warehouse == "WH-FLAG"  # flag beats env and file
     assert config.hub == "env:2"  # env beats file
@@ -26,7 +45,8 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 
 
 def test_flags_left_as_none_do_not_override(tmp_path: Path) -> None:
-    config = load(HubConfig, env={"STOCKSYNC_HUB_DB": "env.db"}, flags={"db": None})
+    env = {"STOCKSYNC_HUB_DB": "env.db", "STOCKSYNC_HUB_INSECURE": "1"}
+    config = load(HubConfig, env=env, flags={"db": None})
     assert config.db == "env.db"
 
 
@@ -51,7 +71,7 @@ def test_env_booleans_and_numbers_are_parsed() -> None:
     ],
 )
 def test_bad_values_name_the_field(env: dict[str, str], field: str) -> None:
-    env = {"STOCKSYNC_AGENT_WAREHOUSE": "WH-LAX", **env}
+    env = {"STOCKSYNC_AGENT_WAREHOUSE": "WH-LAX", "STOCKSYNC_AGENT_INSECURE": "1", **env}
     with pytest.raises(ConfigError) as err:
         load(AgentConfig, env=env)
     assert str(err.value).startswith(f"{field}:")
