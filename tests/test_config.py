@@ -98,3 +98,14 @@ def test_toml_value_of_wrong_type_is_named(tmp_path: Path) -> None:
     toml.write_text("max_batch_events = 1.5\n")
     with pytest.raises(ConfigError, match="max_batch_events"):
         load(HubConfig, config_file=toml, env={})
+
+
+@pytest.mark.parametrize(("name", "cls"), [("agent.toml", AgentConfig), ("hub.toml", HubConfig)])
+def test_shipped_example_configs_load(name: str, cls: type, tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parent.parent / "deploy" / "config" / name
+    pem = tmp_path / "x.pem"
+    pem.write_text("-")
+    # The example points at /etc/stocksync; only the files' existence differs here.
+    flags = {"tls_cert": str(pem), "tls_key": str(pem), "tls_ca": str(pem)}
+    config = load(cls, config_file=example, env={}, flags=flags)
+    assert config.db.startswith("/var/lib/stocksync/")
