@@ -262,8 +262,10 @@ class AgentLink:
                 rng = session.next_batch(store.high_seq(), time.monotonic())
                 if rng is not None:
                     rows = store.events(*rng)
-                    await out.write(wire.batch_message(rows))
+                    # Marked sent before the write: the hub's ack can arrive
+                    # while this task is still waiting to resume after it.
                     session.on_sent(*rng)
+                    await out.write(wire.batch_message(rows))
                     continue
             timeout = poll
             if session.send_at is not None:
@@ -278,6 +280,7 @@ class AgentLink:
         stock = self.store.snapshot(as_of)
         step = SNAPSHOT_CHUNK_SKUS
         chunks = [stock[i : i + step] for i in range(0, len(stock), step)] or [[]]
+        session.on_snapshot_sent()  # before the writes, for the same reason as batches
         for i, chunk in enumerate(chunks):
             await out.write(
                 sync_pb2.SyncRequest(
@@ -288,7 +291,6 @@ class AgentLink:
                     )
                 )
             )
-        session.on_snapshot_sent()
         log.info("sent snapshot of %d SKUs as of seq %d", len(stock), as_of)
 
     async def _receive_loop(self, out: wire.SerialWriter, call: Any, session: AgentSession) -> None:
