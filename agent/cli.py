@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from stocksync.agent.link import AgentLink
 from stocksync.agent.store import AgentStore, StoreError, parse_events_csv
 from stocksync.cli_common import config_option, load_config, run_until_signal, setup_logging
 from stocksync.config import AgentConfig
-from stocksync.events import InvalidEvent, Kind, NewEvent
+from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
 
 __all__ = ["main"]
 
@@ -74,6 +74,15 @@ def _record_command(kind: Kind, help_text: str, example: str) -> Callable[..., N
             reservation_id=extra.get("reservation") or "",
             as_of_seq=extra.get("as_of_seq"),
         )
+        # Refuse bad input before the store is opened: opening creates it.
+        try:
+            validate_new_event(event)
+        except InvalidEvent as e:
+            raise click.ClickException(str(e)) from None
+        if event.as_of_seq and not Path(db).exists():
+            raise click.ClickException(
+                f"no agent store at {db}: a count as of seq {event.as_of_seq} needs its events"
+            )
         with _open(db) as store:
             try:
                 seq = store.record(event)
@@ -144,30 +153,35 @@ def import_(csv_file: str, db: str) -> None:
         stocksync-agent import receipts.csv --db lax.db
     """
     path = Path(csv_file)
-    with path.open("rb") as f:
-        total = sum(1 for _ in f)
-    with _open(db) as store, path.open(newline="", encoding="utf-8-sig") as lines:
-        events = parse_events_csv(lines)
+
+    def rows() -> Iterator[NewEvent]:
+        with path.open(newline="", encoding="utf-8-sig") as lines:
+            yield from parse_events_csv(lines)
+
+    # A first pass checks every row before the store is opened (opening
+    # creates it); the second records them all in one transaction.
+    try:
+        total = sum(1 for _ in rows())
+    except InvalidEvent as e:
+        raise click.ClickException(f"{csv_file}: {e}; nothing was recorded") from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{csv_file} is not UTF-8 text; nothing was recorded") from None
+    with _open(db) as store:
         try:
             if total >= PROGRESS_MIN_ROWS:
-                with click.progressbar(
-                    length=total, label="importing", file=click.get_text_stream("stderr")
-                ) as bar:
+                stderr = click.get_text_stream("stderr")
+                with click.progressbar(length=total, label="importing", file=stderr) as bar:
                     done = [0]
 
                     def advance(n: int) -> None:
                         bar.update(n - done[0])
                         done[0] = n
 
-                    seqs = store.record_many(events, on_progress=advance)
+                    seqs = store.record_many(rows(), on_progress=advance)
             else:
-                seqs = store.record_many(events)
+                seqs = store.record_many(rows())
         except InvalidEvent as e:
             raise click.ClickException(f"{csv_file}: {e}; nothing was recorded") from None
-        except UnicodeDecodeError:
-            raise click.ClickException(
-                f"{csv_file} is not UTF-8 text; nothing was recorded"
-            ) from None
     if seqs:
         click.echo(f"recorded {len(seqs)} events, seq {seqs[0]}..{seqs[-1]}")
     else:

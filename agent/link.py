@@ -88,8 +88,8 @@ class AgentLink:
         self.reconnects = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._acked_saved = store.acked_seq()
-        self._acked_saved_at = 0.0
+        self._acked = store.acked_seq()
+        """The highest ack received; saved to the store at most every ACK_SAVE_INTERVAL_S."""
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish; it returns once the stream is closed."""
@@ -124,7 +124,7 @@ class AgentLink:
         except _Stopped:
             pass
         finally:
-            self._save_acked(force=True)
+            self._save_acked()
             self._record_link(False)
 
     async def _sleep(self, seconds: float) -> None:
@@ -154,13 +154,15 @@ class AgentLink:
             }
         )
 
-    def _save_acked(self, force: bool = False, acked: int | None = None) -> None:
-        if acked is not None and acked > self._acked_saved:
-            self._acked_saved = acked
-        now = time.monotonic()
-        if force or now - self._acked_saved_at >= ACK_SAVE_INTERVAL_S:
-            self._acked_saved_at = now
-            self.store.set_acked_seq(self._acked_saved)
+    def _save_acked(self) -> None:
+        if self._acked > self.store.acked_seq():
+            self.store.set_acked_seq(self._acked)
+
+    async def _ack_saver(self) -> None:
+        """Write the latest ack to the store when it moved (for ``status``)."""
+        while True:
+            await asyncio.sleep(ACK_SAVE_INTERVAL_S)
+            self._save_acked()
 
     async def _stream_once(self) -> None:
         """One stream: connect, handshake, stream until it fails or we stop.
@@ -213,7 +215,7 @@ class AgentLink:
                 ", snapshot requested" if reply.welcome.snapshot_required else "",
             )
             if not reply.welcome.snapshot_required:
-                self._save_acked(acked=session.acked)
+                self._acked = max(self._acked, session.acked)
             self._record_link(True)
             try:
                 await self._exchange(wire.SerialWriter(call), call, session)
@@ -234,6 +236,7 @@ class AgentLink:
             asyncio.ensure_future(self._send_loop(out, session)),
             asyncio.ensure_future(self._receive_loop(out, call, session)),
             asyncio.ensure_future(self._ping_loop(out, session)),
+            asyncio.ensure_future(self._ack_saver()),
             asyncio.ensure_future(self._stop.wait()),
         }
         try:
@@ -301,11 +304,11 @@ class AgentLink:
             kind = msg.WhichOneof("message")
             if kind == "ack":
                 session.on_ack(msg.ack.up_to_seq)
-                self._save_acked(acked=session.acked)
+                self._acked = max(self._acked, session.acked)
                 self._wake.set()
             elif kind == "snapshot_request":
                 log.info("hub asked for a snapshot: %s", msg.snapshot_request.reason)
-                session.on_snapshot_request(self._acked_saved)
+                session.on_snapshot_request(self._acked)
                 self._wake.set()
             elif kind == "pick":
                 # Pick commands are acknowledged so the hub stops resending them;

@@ -368,7 +368,13 @@ def parse_events_csv(lines: Iterable[str]) -> Iterator[NewEvent]:
         InvalidEvent: naming the line of the first malformed row.
     """
     reader = csv.reader(lines)
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise InvalidEvent(f"line {reader.line_num}: {e}") from None
         lineno = reader.line_num  # file lines, also past multi-line quoted fields
         if not row or all(not c.strip() for c in row):
             continue

@@ -322,8 +322,10 @@ class HubSession:
 
     def on_snapshot(self, as_of_seq: int) -> None:
         """Check that a snapshot may be applied now, as of ``as_of_seq``."""
-        if self.state is HubState.AWAITING_HELLO:
-            raise ProtocolError("snapshot before Hello")
+        if self.state is not HubState.AWAITING_SNAPSHOT:
+            # Only a requested snapshot may replace stock: one sent mid-stream
+            # could move the watermark back under events already applied.
+            raise ProtocolError("snapshot the hub did not ask for")
         if as_of_seq > self.agent_high_seq:
             raise ProtocolError(
                 f"snapshot as of seq {as_of_seq} is past the agent's high seq {self.agent_high_seq}"

@@ -482,9 +482,13 @@ def test_snapshot_request_mid_stream_stops_batches_then_resumes_after_it() -> No
     assert send_next(agent, 50) == (11, 20), "what was in flight is sent again"
 
 
-def test_snapshot_before_hello_or_past_agent_high_seq_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="before Hello"):
-        HubSession().on_snapshot(0)
+def test_snapshot_unasked_or_past_agent_high_seq_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="did not ask"):
+        HubSession().on_snapshot(0)  # before Hello
+    streaming = streaming_hub(watermark=8)
+    with pytest.raises(ProtocolError, match="did not ask"):
+        streaming.on_snapshot(4)  # mid-stream: would move the watermark back
+    assert streaming.watermark == 8
     hub = HubSession(identity=WH)
     hub.on_hello(hello_for(high_seq=30), known_watermark=None)
     with pytest.raises(ProtocolError, match="past the agent's high seq 30"):
