@@ -248,6 +248,9 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             )
         except (WatermarkMoved, EpochRetired) as e:
             await _abort(context, grpc.StatusCode.ABORTED, str(e))
+        except Exception as e:  # the store failed (disk full, I/O error): nothing was applied
+            log.exception("%s: applying batch %d.. failed", link.warehouse, batch.first_seq)
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"hub store failed: {e}")
         link.watermark = session.on_applied(last)
         await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=last)))
         return source
