@@ -197,6 +197,8 @@ class AgentLink:
                 raise LinkFailed(f"no Welcome within {cfg.connect_timeout_s} s") from None
             except grpc.aio.AioRpcError as e:
                 raise LinkFailed(_describe(e)) from None
+            except asyncio.InvalidStateError:  # the call ended under the write
+                raise LinkFailed(await _status_of(call)) from None
             if reply is grpc.aio.EOF:
                 raise LinkFailed(await _status_of(call))
             if reply.WhichOneof("message") != "welcome":
@@ -221,6 +223,10 @@ class AgentLink:
                 await self._exchange(wire.SerialWriter(call), call, session)
             except grpc.aio.AioRpcError as e:
                 raise LinkLost(_describe(e)) from None
+            except asyncio.InvalidStateError:
+                # A write raced the stream's end ("RPC already finished"):
+                # the status says why it ended.
+                raise LinkLost(await _status_of(call)) from None
             except ProtocolError as e:
                 call.cancel()
                 raise LinkLost(str(e)) from None

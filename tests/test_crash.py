@@ -13,7 +13,9 @@ What is checked afterwards (§11 invariants 1, 2, 3 and 6):
   and its seqs are exactly 1..N, N being the agent's high seq;
 - hub on_hand equals the agent's, and equals the sum of the hub's own log;
 - after each hub crash the hub's durable watermark is at least what the agent
-  had already been acknowledged.
+  had already been acknowledged;
+- agents outlive every hub crash (reconnecting forever, §6.6), and a SIGTERM
+  stops one cleanly with exit code 0.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -78,17 +80,18 @@ class Producer:
 
     def start(self) -> Producer:
         self.runs += 1
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(PRODUCER),
-                str(self.db),
-                str(self.log),
-                "--seed",
-                str(self.seed * 100 + self.runs),
-            ],
-            stderr=self.log.with_suffix(f".{self.runs}.err").open("wb"),
-        )
+        with self.log.with_suffix(f".{self.runs}.err").open("wb") as err:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(PRODUCER),
+                    str(self.db),
+                    str(self.log),
+                    "--seed",
+                    str(self.seed * 100 + self.runs),
+                ],
+                stderr=err,
+            )
         return self
 
     def alive(self) -> bool:
@@ -108,9 +111,8 @@ class Producer:
         return self.proc.wait(60)
 
     def error_output(self) -> str:
-        return "".join(
-            p.read_text(errors="replace") for p in sorted(self.log.parent.glob("*.err"))
-        )
+        errs = sorted(self.log.parent.glob(f"{self.log.stem}.*.err"))
+        return "".join(p.read_text(errors="replace") for p in errs)
 
 
 def read_recorded(log: Path) -> list[Recorded]:
@@ -179,10 +181,33 @@ def hub_sources(db: Path, warehouse: str) -> list[tuple[str, int]]:
         conn.close()
 
 
+class AgentDied(AssertionError):
+    """An agent daemon exited on its own; DESIGN §6.6 says it reconnects forever."""
+
+
+def check_alive(agent: AgentProcess) -> None:
+    """Raise :class:`AgentDied`, with the end of its log, if the daemon exited."""
+    assert agent.proc is not None
+    code = agent.proc.poll()
+    if code is not None:
+        tail = " | ".join(agent.log.read_text(errors="replace").strip().splitlines()[-3:])
+        raise AgentDied(f"{agent.warehouse} agent exited with code {code}: {tail}")
+
+
 def new_store(db: Path) -> str:
-    """Create the agent's store up front (so daemon and producer never race to); its epoch."""
+    """Create the agent's store before two processes open it at once; returns its epoch."""
     with AgentStore(db) as store:
-        return store.epoch
+        return str(store.epoch)
+
+
+def wait_past(read: Callable[[], int], floor: int, what: str) -> int:
+    """Wait until ``read()`` passes ``floor``; returns the new value."""
+
+    def passed() -> int | None:
+        value = read()
+        return value if value > floor else None
+
+    return int(wait_until(passed, 60, f"{what}: past {floor}"))
 
 
 def wait_caught_up(hub_db: Path, agent_db: Path, warehouse: str) -> int:
@@ -191,7 +216,7 @@ def wait_caught_up(hub_db: Path, agent_db: Path, warehouse: str) -> int:
     wait_until(
         lambda: hub_watermark(hub_db, warehouse) >= high,
         CATCH_UP_S,
-        f"hub to reach seq {high} (at {hub_watermark(hub_db, warehouse)})",
+        f"hub to reach the agent's high seq {high}",
     )
     return high
 
@@ -213,9 +238,7 @@ def assert_exactly_once(
     missing = sorted(set(logged) - rows.keys())
     assert not missing, f"{len(missing)} reported events never reached the hub: {missing[:20]}"
     wrong = [
-        (r, rows[r.seq][1:4])
-        for r in recorded
-        if rows[r.seq][1:4] != (r.sku, r.kind, r.quantity)
+        (r, rows[r.seq][1:4]) for r in recorded if rows[r.seq][1:4] != (r.sku, r.kind, r.quantity)
     ]
     assert not wrong, f"hub holds other events at reported seqs: {wrong[:5]}"
 
@@ -232,6 +255,13 @@ def assert_exactly_once(
     for _, sku, _, _, delta in rows.values():
         folded[sku] = folded.get(sku, 0) + delta
     assert on_hand == {s: q for s, q in folded.items() if q != 0}
+    # ...and the agent's books add up too (a producer killed mid-commit left no half).
+    conn = read_only(agent_db)
+    try:
+        agent_folded = dict(conn.execute("SELECT sku, sum(delta) FROM events GROUP BY sku"))
+    finally:
+        conn.close()
+    assert on_hand == {s: q for s, q in agent_folded.items() if q != 0}
 
 
 @pytest.fixture
@@ -266,10 +296,9 @@ def test_agent_kill9_loop_loses_nothing_and_duplicates_nothing(
         if i % 2:
             # Every other kill lands while events are flowing on a live stream;
             # the rest may also hit start-up, Hello or the first batch.
-            mark = hub_watermark(hub.db, warehouse)
-            wait_until(
-                lambda mark=mark: hub_watermark(hub.db, warehouse) > mark,
-                60,
+            wait_past(
+                partial(hub_watermark, hub.db, warehouse),
+                hub_watermark(hub.db, warehouse),
                 f"agent to stream again after kill {i}",
             )
         time.sleep(rng.uniform(0.05, 0.6))
@@ -314,19 +343,18 @@ def test_hub_kill9_loop_loses_nothing_acknowledged(
     port = hub.port
     wait_until(lambda: hub_watermark(hub.db, warehouse) > 0, 60, "first events at the hub")
 
+    acked = 0
     for i in range(5):
-        mark = hub_watermark(hub.db, warehouse)
-        wait_until(
-            lambda mark=mark: hub_watermark(hub.db, warehouse) > mark,
-            60,
-            f"agent to stream to the hub again after restart {i}",
+        # The agent has saved an ack newer than the last crash, so the
+        # check below always has something to lose.
+        wait_past(
+            partial(agent_acked_seq, db), acked, f"agent to be acknowledged (hub restart {i})"
         )
         time.sleep(rng.uniform(0.05, 0.6))
         acked_before = agent_acked_seq(db)
         hub.kill()
         # Acks the agent saved since can only have come from the dead hub too.
         acked = max(acked_before, agent_acked_seq(db))
-        assert acked > 0
         durable = hub_watermark(hub.db, warehouse)
         assert durable >= acked, (
             f"kill {i}: the agent was acknowledged up to seq {acked}, "
@@ -336,14 +364,64 @@ def test_hub_kill9_loop_loses_nothing_acknowledged(
         assert hub.port == port
         assert hub_watermark(hub.db, warehouse) >= acked
         assert producer.alive(), producer.error_output()
-        assert agent.proc is not None and agent.proc.poll() is None, "the agent died"
+        check_alive(agent)
 
     time.sleep(rng.uniform(0.05, 0.6))
     assert producer.stop() == 0, producer.error_output()
     recorded = read_recorded(producer.log)
     assert recorded, "the producer reported nothing"
-    wait_caught_up(hub.db, db, warehouse)
+    check_alive(agent)
+    high = wait_caught_up(hub.db, db, warehouse)
     assert_exactly_once(hub.db, db, warehouse, recorded)
+    assert agent.stop() == 0
+    assert agent_acked_seq(db) == high
+
+
+def test_agents_survive_the_hub_dying_under_their_writes(
+    tmp_path: Path, hub: HubProcess, producers: list[Producer]
+) -> None:
+    """Three busy agents that poll every millisecond are always writing when the hub dies.
+
+    That makes the moment the bug needs (the stream is over, the sender has
+    not noticed and writes) likely on every kill rather than now and then.
+    """
+    rng = random.Random(SEED + 2)
+    config = tmp_path / "agent.toml"
+    config.write_text("poll_interval_ms = 1\nbatch_linger_ms = 0\n")
+    agents: list[AgentProcess] = []
+    try:
+        for k, name in enumerate(("WH-A", "WH-B", "WH-C")):
+            db = tmp_path / f"{name}.db"
+            new_store(db)
+            log = tmp_path / f"{name}.log"
+            agents.append(AgentProcess(name, db, hub.target, log, "--config", str(config)).start())
+            producer = Producer(db, tmp_path / f"{name}.recorded", SEED + 10 + k)
+            producers.append(producer.start())
+
+        def streaming(marks: list[int]) -> bool:
+            for agent in agents:
+                check_alive(agent)
+            return all(
+                hub_watermark(hub.db, a.warehouse) > m for a, m in zip(agents, marks, strict=True)
+            )
+
+        for i in range(20):
+            marks = [hub_watermark(hub.db, a.warehouse) for a in agents]
+            wait_until(partial(streaming, marks), 60, f"all agents to stream (hub restart {i})")
+            time.sleep(rng.uniform(0.05, 0.3))
+            hub.kill()
+            hub.start()
+
+        for producer in producers:
+            assert producer.stop() == 0, producer.error_output()
+        for agent in agents:
+            check_alive(agent)
+            wait_caught_up(hub.db, agent.db, agent.warehouse)
+            recorded = read_recorded(agent.log.with_suffix(".recorded"))
+            assert_exactly_once(hub.db, agent.db, agent.warehouse, recorded)
+    finally:
+        for agent in agents:
+            agent.kill()
 
 
 # -- 3. agent SIGTERM ------------------------------------------------------
@@ -367,8 +445,7 @@ def test_agent_sigterm_stops_cleanly(
 ) -> None:
     warehouse = "WH-TERM"
     db = tmp_path / "agent.db"
-    for qty in ("24", "-3"):
-        kind = "receive" if not qty.startswith("-") else "adjust"
+    for kind, qty in (("receive", "24"), ("adjust", "-3")):
         result = run_cli(AGENT, "record", kind, "SKU-1", qty, "--db", str(db))
         assert result.returncode == 0, result.stderr
     agent = start_agent(warehouse, db)
