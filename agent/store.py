@@ -335,6 +335,8 @@ class AgentStore:
         Read in one transaction, so it is consistent with the events after
         ``as_of_seq`` that will follow it.
         """
+        if as_of_seq == 0:
+            return []  # nothing had moved before seq 1
         with self.read() as conn:
             now = dict(conn.execute("SELECT sku, on_hand FROM stock").fetchall())
             for sku, moved in conn.execute(

@@ -21,7 +21,7 @@ import grpc
 from stocksync import wire
 from stocksync.events import InvalidEvent, check_fields, validate_warehouse
 from stocksync.hub.links import Link, LinkRegistry
-from stocksync.hub.storage import EpochRetired, HubStore, Source, WatermarkMoved
+from stocksync.hub.storage import EpochRetired, HubRow, HubStore, Source, WatermarkMoved
 from stocksync.protocol import PROTOCOL_VERSION, Apply, Duplicate, HubSession, ProtocolError
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
@@ -39,6 +39,85 @@ def _now_ms() -> int:
 
 class _StreamEnded(Exception):
     """The agent closed its side."""
+
+
+MAX_QUEUED_BATCHES = 64
+"""Accepted batches waiting for the store, per stream; past this the stream
+stops reading and HTTP/2 flow control holds the agent back."""
+
+
+class _Applier:
+    """Commits one stream's accepted batches in order and acks each commit.
+
+    Batches that queue up while a commit waits for its fsync are committed
+    together in the next transaction (group commit); the ack then covers all
+    of them. Reading and checking the next batch overlaps the commit, and
+    nothing is acknowledged before it is durable.
+    """
+
+    def __init__(
+        self,
+        store: HubStore,
+        writer: Executor,
+        session: HubSession,
+        link: Link,
+        out: wire.SerialWriter,
+        source: Source | None,
+    ) -> None:
+        self.store, self.writer, self.session, self.link, self.out = (
+            store,
+            writer,
+            session,
+            link,
+            out,
+        )
+        self.source = source
+        self.queue: asyncio.Queue[list[HubRow]] = asyncio.Queue(MAX_QUEUED_BATCHES)
+        self.task = asyncio.ensure_future(self._run())
+
+    async def submit(self, rows: list[HubRow]) -> None:
+        """Queue a batch's rows; an empty list asks for an ack only (a duplicate).
+
+        Waits while the queue is full, but not for a commit that failed: the
+        stream's loop sees :attr:`task` end and closes the stream.
+        """
+        if not self.queue.full():
+            self.queue.put_nowait(rows)
+            return
+        put = asyncio.ensure_future(self.queue.put(rows))
+        await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        put.cancel()
+
+    async def drained(self) -> None:
+        """Wait until everything queued is committed and acknowledged."""
+        joined = asyncio.ensure_future(self.queue.join())
+        await asyncio.wait({joined, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        joined.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batches = [await self.queue.get()]
+            while not self.queue.empty():
+                batches.append(self.queue.get_nowait())
+            try:
+                rows = [row for batch in batches for row in batch]
+                if rows:
+                    assert self.source is not None  # STREAMING implies a known source
+                    last = await loop.run_in_executor(
+                        self.writer,
+                        self.store.apply_batch,
+                        self.source,
+                        self.session.watermark,
+                        rows,
+                        _now_ms(),
+                    )
+                    self.link.watermark = self.session.on_applied(last)
+                ack = sync_pb2.Ack(up_to_seq=self.session.watermark)
+                await self.out.write(sync_pb2.SyncResponse(ack=ack))
+            finally:
+                for _ in batches:
+                    self.queue.task_done()
 
 
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
@@ -155,6 +234,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         out: wire.SerialWriter,
     ) -> None:
         snapshot: list[tuple[str, int]] = []
+        applier = _Applier(self.store, self.writer, session, link, out, source)
         superseded = asyncio.ensure_future(link.superseded.wait())
         pinger = asyncio.ensure_future(self._ping(out))
         reading: asyncio.Future[sync_pb2.SyncRequest] | None = None
@@ -162,10 +242,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             while True:
                 reading = asyncio.ensure_future(_read(context))
                 done, _ = await asyncio.wait(
-                    {reading, superseded}, return_when=asyncio.FIRST_COMPLETED
+                    {reading, superseded, applier.task}, return_when=asyncio.FIRST_COMPLETED
                 )
+                if applier.task in done:
+                    await _store_failed(context, link, applier.task)
                 if reading not in done:
-                    reading.cancel()
                     await _abort(
                         context,
                         grpc.StatusCode.ABORTED,
@@ -174,11 +255,12 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 try:
                     msg = reading.result()
                 except _StreamEnded:
+                    await applier.drained()  # what arrived is valid: make it durable
                     return
                 link.seen()
                 kind = msg.WhichOneof("message")
                 if kind == "batch":
-                    source = await self._on_batch(session, source, link, msg.batch, context, out)
+                    await self._on_batch(session, applier, link, msg.batch, context)
                 elif kind == "snapshot":
                     snapshot.extend((s.sku, s.on_hand) for s in msg.snapshot.stock)
                     if len(snapshot) > MAX_SNAPSHOT_SKUS:
@@ -188,7 +270,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                             f"snapshot has more than {MAX_SNAPSHOT_SKUS} SKUs",
                         )
                     if msg.snapshot.last:
-                        source = await self._on_snapshot(
+                        await applier.drained()
+                        applier.source = await self._on_snapshot(
                             session, link, msg.snapshot.as_of_seq, snapshot, context, out
                         )
                         snapshot = []
@@ -206,30 +289,28 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                         context, grpc.StatusCode.INVALID_ARGUMENT, f"unexpected message {kind!r}"
                     )
         finally:
-            superseded.cancel()
-            pinger.cancel()
-            if reading is not None:
-                reading.cancel()
-                if reading.done() and not reading.cancelled():
-                    reading.exception()  # retrieved: the stream is over either way
+            for task in (superseded, pinger, applier.task, reading):
+                if task is not None:
+                    task.cancel()
+                    if task.done() and not task.cancelled():
+                        task.exception()  # retrieved: the stream is over either way
 
     async def _on_batch(
         self,
         session: HubSession,
-        source: Source | None,
+        applier: _Applier,
         link: Link,
         batch: sync_pb2.Batch,
         context: Any,
-        out: wire.SerialWriter,
-    ) -> Source | None:
+    ) -> None:
         try:
             verdict = session.on_batch(batch.first_seq, len(batch.events))
         except ProtocolError as e:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         link.agent_high_seq = session.agent_high_seq
         if isinstance(verdict, Duplicate):
-            await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=verdict.ack_seq)))
-            return source
+            await applier.submit([])  # re-ack, in order with the commits before it
+            return
         if not isinstance(verdict, Apply):
             await _abort(
                 context,
@@ -237,23 +318,12 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 verdict.message(),
                 (("resume-from-seq", str(verdict.expected)),),
             )
-        assert source is not None  # STREAMING implies a known source
+        assert applier.source is not None  # STREAMING implies a known source
         try:
-            rows = wire.batch_rows(source.source_id, batch, verdict.skip)
+            rows = wire.batch_rows(applier.source.source_id, batch, verdict.skip)
         except InvalidEvent as e:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"batch refused: {e}")
-        try:
-            last = await asyncio.get_running_loop().run_in_executor(
-                self.writer, self.store.apply_batch, source, session.watermark, rows, _now_ms()
-            )
-        except (WatermarkMoved, EpochRetired) as e:
-            await _abort(context, grpc.StatusCode.ABORTED, str(e))
-        except Exception as e:  # the store failed (disk full, I/O error): nothing was applied
-            log.exception("%s: applying batch %d.. failed", link.warehouse, batch.first_seq)
-            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"hub store failed: {e}")
-        link.watermark = session.on_applied(last)
-        await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=last)))
-        return source
+        await applier.submit(rows)
 
     async def _on_snapshot(
         self,
@@ -308,6 +378,15 @@ async def _read(context: Any) -> sync_pb2.SyncRequest:
     if msg is grpc.aio.EOF:
         raise _StreamEnded
     return msg  # type: ignore[no-any-return]
+
+
+async def _store_failed(context: Any, link: Link, applier: asyncio.Future[None]) -> NoReturn:
+    """End the stream for a failed commit; nothing of it was applied."""
+    error = applier.exception()
+    if isinstance(error, WatermarkMoved | EpochRetired):
+        await _abort(context, grpc.StatusCode.ABORTED, str(error))
+    log.error("%s: applying a batch failed", link.warehouse, exc_info=error)
+    await _abort(context, grpc.StatusCode.UNAVAILABLE, f"hub store failed: {error}")
 
 
 async def _abort(

@@ -26,6 +26,7 @@ Hub side::
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = [
@@ -270,6 +271,11 @@ class HubState(enum.Enum):
 class HubSession:
     """The hub's half of one stream.
 
+    Batches may be pipelined: one is accepted (checked, queued for the
+    store) while earlier ones are still being committed. :attr:`accepted` is
+    how far the stream has been accepted, :attr:`watermark` how far it is
+    durable; only the watermark is ever acknowledged.
+
     Args:
         identity: the warehouse the caller proved it is (certificate or
             token), or None when the hub runs without authentication.
@@ -283,8 +289,11 @@ class HubSession:
         self.warehouse = ""
         self.epoch = ""
         self.watermark = 0
+        """Highest seq durably applied: what may be acknowledged."""
+        self.accepted = 0
+        """Highest seq accepted for applying (>= watermark)."""
         self.agent_high_seq = 0
-        self._applying = 0
+        self._applying: deque[int] = deque()
 
     def on_hello(self, hello: HelloInfo, known_watermark: int | None) -> WelcomeInfo:
         """Decide the Welcome.
@@ -317,7 +326,7 @@ class HubSession:
             self.state = HubState.AWAITING_SNAPSHOT
             return WelcomeInfo(watermark=0, snapshot_required=True)
         self.state = HubState.STREAMING
-        self.watermark = known_watermark
+        self.watermark = self.accepted = known_watermark
         return WelcomeInfo(watermark=known_watermark, snapshot_required=False)
 
     def on_snapshot(self, as_of_seq: int) -> None:
@@ -334,7 +343,7 @@ class HubSession:
     def on_snapshot_applied(self, as_of_seq: int) -> int:
         """The snapshot is durable; streaming resumes after it. Returns the ack."""
         self.state = HubState.STREAMING
-        self.watermark = as_of_seq
+        self.watermark = self.accepted = as_of_seq
         return as_of_seq
 
     def on_batch(self, first_seq: int, count: int) -> Apply | Duplicate | Gap:
@@ -356,20 +365,25 @@ class HubSession:
             raise ProtocolError("seqs start at 1")
         last = first_seq + count - 1
         self.agent_high_seq = max(self.agent_high_seq, last)
-        if last <= self.watermark:
+        if last <= self.accepted:
             return Duplicate(self.watermark)
-        if first_seq > self.watermark + 1:
-            return Gap(expected=self.watermark + 1, got=first_seq)
-        self._applying = last
-        return Apply(skip=self.watermark + 1 - first_seq, last_seq=last)
+        if first_seq > self.accepted + 1:
+            return Gap(expected=self.accepted + 1, got=first_seq)
+        skip = self.accepted + 1 - first_seq
+        self.accepted = last
+        self._applying.append(last)
+        return Apply(skip=skip, last_seq=last)
 
     def on_applied(self, last_seq: int) -> int:
-        """The batch is durable up to ``last_seq``. Returns the seq to ack."""
-        if last_seq != self._applying:
+        """Accepted batches are durable up to ``last_seq`` (the end of one of
+        them: several may commit together). Returns the seq to ack."""
+        if last_seq not in self._applying:
+            ends = ", ".join(map(str, self._applying)) or "none"
             raise ProtocolError(
-                f"applied up to {last_seq}, but the batch being applied ends at {self._applying}"
+                f"applied up to {last_seq}, but the batches being applied end at {ends}"
             )
-        self._applying = 0
+        while self._applying and self._applying[0] <= last_seq:
+            self._applying.popleft()
         self.watermark = last_seq
         return last_seq
 
@@ -379,5 +393,5 @@ class HubSession:
 
     @property
     def lag_events(self) -> int:
-        """Events the agent has that the hub has not applied."""
+        """Events the agent has that the hub has not made durable."""
         return max(0, self.agent_high_seq - self.watermark)

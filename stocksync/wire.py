@@ -8,10 +8,20 @@ every field with the same rules the agent recorded them by.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from stocksync.events import InvalidEvent, Kind, check_fields, plain_delta
+from stocksync.events import (
+    MAX_QUANTITY,
+    MAX_REASON_LEN,
+    MAX_RESERVATION_ID_LEN,
+    SKU_PATTERN,
+    InvalidEvent,
+    Kind,
+    check_fields,
+    plain_delta,
+)
 from stocksync.protocol import HelloInfo
 from stocksync.v1 import sync_pb2
 
@@ -50,38 +60,61 @@ def batch_message(
     rows: Sequence[tuple[int, str, str, int, int, int, str, str, int, int]],
 ) -> sync_pb2.SyncRequest:
     """A Batch of outbox rows (see ``AgentStore.events``), which must be contiguous."""
-    Event = sync_pb2.Event
-    return sync_pb2.SyncRequest(
-        batch=sync_pb2.Batch(
-            first_seq=rows[0][0],
-            events=[
-                Event(
-                    seq=seq,
-                    event_id=event_id,
-                    sku=sku,
-                    kind=kind,  # type: ignore[arg-type]
-                    quantity=quantity,
-                    delta=delta,
-                    reason=reason,
-                    reservation_id=reservation_id,
-                    as_of_seq=as_of_seq,
-                    recorded_at_unix_ms=recorded_at_ms,
-                )
-                for (
-                    seq,
-                    event_id,
-                    sku,
-                    kind,
-                    quantity,
-                    delta,
-                    reason,
-                    reservation_id,
-                    as_of_seq,
-                    recorded_at_ms,
-                ) in rows
-            ],
+    request = sync_pb2.SyncRequest()
+    batch = request.batch
+    batch.first_seq = rows[0][0]
+    add = batch.events.add  # built in place: no per-event message copy
+    for (
+        seq,
+        event_id,
+        sku,
+        kind,
+        quantity,
+        delta,
+        reason,
+        reservation_id,
+        as_of_seq,
+        recorded_at_ms,
+    ) in rows:
+        add(
+            seq=seq,
+            event_id=event_id,
+            sku=sku,
+            kind=kind,  # type: ignore[arg-type]
+            quantity=quantity,
+            delta=delta,
+            reason=reason,
+            reservation_id=reservation_id,
+            as_of_seq=as_of_seq,
+            recorded_at_unix_ms=recorded_at_ms,
         )
-    )
+    return request
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sku_ok(sku: str) -> bool:
+    return SKU_PATTERN.fullmatch(sku) is not None
+
+
+# Plain ints: compared once per event on the hub's hot path.
+_RECEIVE, _SHIP, _ADJUST, _COUNT = (int(k) for k in Kind)
+_MAX_RID = MAX_RESERVATION_ID_LEN
+
+
+def _check_event(e: sync_pb2.Event, expected: int) -> None:
+    """Every rule for one received event; raises the precise InvalidEvent."""
+    seq, kind, quantity, delta = e.seq, e.kind, e.quantity, e.delta
+    if seq != expected:
+        raise InvalidEvent(f"seqs are not contiguous: expected {expected}, got {seq}")
+    check_fields(e.sku, kind, quantity, e.reason, e.reservation_id, kind == _COUNT)
+    if kind != _COUNT and delta != plain_delta(kind, quantity):
+        raise InvalidEvent(f"delta {delta} does not match quantity {quantity}")
+    if kind != _COUNT and e.as_of_seq:
+        raise InvalidEvent("as_of_seq is only meaningful for a count")
+    if kind == _COUNT and e.as_of_seq >= seq:
+        raise InvalidEvent(f"count as of seq {e.as_of_seq} is not before itself")
+    if len(e.event_id) > 64:
+        raise InvalidEvent("event id is longer than 64 characters")
 
 
 def batch_rows(
@@ -89,37 +122,54 @@ def batch_rows(
 ) -> list[tuple[int, int, str, str, int, int, int, str, str, int, int]]:
     """The hub's log rows for ``batch.events[skip:]``, every field checked.
 
+    This is the hub's hot path. The common event (a RECEIVE, SHIP or ADJUST
+    that is plainly within every bound) passes one inline test; anything else
+    goes through :func:`_check_event`, the full rules, which accepts it (a
+    COUNT, say) or raises naming the field.
+
     Raises:
         InvalidEvent: naming the seq and the field, for the first bad event.
     """
     rows = []
+    append = rows.append
     expected = batch.first_seq + skip
     for e in batch.events[skip:]:
         seq, sku, kind, quantity, delta = e.seq, e.sku, e.kind, e.quantity, e.delta
-        try:
-            if seq != expected:
-                raise InvalidEvent(f"seqs are not contiguous: expected {expected}, got {seq}")
-            check_fields(sku, kind, quantity, e.reason, e.reservation_id, kind == Kind.COUNT)
-            if kind != Kind.COUNT and delta != plain_delta(kind, quantity):
-                raise InvalidEvent(f"delta {delta} does not match quantity {quantity}")
-            if kind == Kind.COUNT and e.as_of_seq >= seq:
-                raise InvalidEvent(f"count as of seq {e.as_of_seq} is not before itself")
-            if len(e.event_id) > 64:
-                raise InvalidEvent("event id is longer than 64 characters")
-        except InvalidEvent as err:
-            raise InvalidEvent(f"event seq {seq}: {err}") from None
-        rows.append(
+        reason, reservation_id, as_of_seq, event_id = (
+            e.reason,
+            e.reservation_id,
+            e.as_of_seq,
+            e.event_id,
+        )
+        if not (
+            seq == expected
+            and (
+                (kind == _RECEIVE and 0 < quantity <= MAX_QUANTITY and delta == quantity)
+                or (kind == _SHIP and 0 < quantity <= MAX_QUANTITY and delta == -quantity)
+                or (kind == _ADJUST and 0 < abs(quantity) <= MAX_QUANTITY and delta == quantity)
+            )
+            and _sku_ok(sku)
+            and not as_of_seq
+            and (not reservation_id or (kind == _SHIP and len(reservation_id) <= _MAX_RID))
+            and len(reason) <= MAX_REASON_LEN
+            and len(event_id) <= 64
+        ):
+            try:
+                _check_event(e, expected)
+            except InvalidEvent as err:
+                raise InvalidEvent(f"event seq {seq}: {err}") from None
+        append(
             (
                 source_id,
                 seq,
-                e.event_id,
+                event_id,
                 sku,
                 kind,
                 quantity,
                 delta,
-                e.reason,
-                e.reservation_id,
-                e.as_of_seq,
+                reason,
+                reservation_id,
+                as_of_seq,
                 e.recorded_at_unix_ms,
             )
         )

@@ -38,8 +38,11 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
 
 
 def run_cli(*args: str, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:
-    """Run a stocksync command and capture its output."""
-    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=120, **kw)
+    """Run a stocksync command and capture its output; ``check`` fails with its stderr."""
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, **kw)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {result.returncode}: {result.stderr}")
+    return result
 
 
 class HubProcess:

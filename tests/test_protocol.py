@@ -268,7 +268,7 @@ def test_watermark_moves_only_to_the_end_of_the_batch_being_applied() -> None:
         with pytest.raises(ProtocolError, match="being applied"):
             hub.on_applied(seq)
     assert hub.on_batch(11, 5) == Apply(skip=0, last_seq=15)
-    with pytest.raises(ProtocolError, match="being applied ends at 15"):
+    with pytest.raises(ProtocolError, match="being applied end at 15"):
         hub.on_applied(14)
     assert hub.watermark == 10
     assert hub.on_applied(15) == 15
@@ -674,3 +674,18 @@ def test_lossy_link_applies_every_seq_exactly_once() -> None:
     # The loop must actually have exercised loss, gaps and volume.
     assert total_events > 10_000
     assert total_gaps > 50
+
+
+def test_pipelined_batches_are_accepted_before_they_are_durable() -> None:
+    hub = streaming_hub(watermark=10)
+    assert hub.on_batch(11, 5) == Apply(skip=0, last_seq=15)
+    assert hub.on_batch(16, 5) == Apply(skip=0, last_seq=20)
+    assert (hub.accepted, hub.watermark) == (20, 10)
+    # A resend of an accepted batch is a duplicate; its ack may only say what is durable.
+    assert hub.on_batch(11, 5) == Duplicate(10)
+    assert hub.on_batch(22, 3) == Gap(expected=21, got=22)
+    # Both commit together: one ack covers them.
+    assert hub.on_applied(20) == 20
+    assert hub.watermark == 20
+    with pytest.raises(ProtocolError, match="being applied end at none"):
+        hub.on_applied(15)
