@@ -24,7 +24,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -119,8 +119,9 @@ def catalogue(n: int) -> list[str]:
 class WarehouseSim:
     """One warehouse's WMS: invents realistic stock events and records them.
 
-    The generator keeps its own model of on_hand (it is the store's only
-    writer), so a pick never knowingly takes more than is on the shelf.
+    The generator reads on_hand back from the store after each record (the
+    store applies the stock rules, rebased counts included), so a pick never
+    knowingly takes more than is on the shelf.
     Everything it decides comes from ``rng``: one seed, one stream of events.
     Only one thread may call :meth:`seed` and :meth:`step` at a time.
 
@@ -143,20 +144,13 @@ class WarehouseSim:
         rng.shuffle(weights)
         self.weights = weights
         self.on_hand: dict[str, int] = dict.fromkeys(self.skus, 0)
-        self.history: deque[tuple[int, str, int]] = deque(maxlen=COUNT_MAX_BACK)
-        self.high_seq = 0
-        self._resync()
+        self.on_hand.update(store.on_hand())
+        self.high_seq = store.high_seq()
         self.start_seq = self.high_seq
         self.recorded = 0
         self.kinds: Counter[str] = Counter()
         self.error: str | None = None
         self._flash: tuple[str, int] | None = None
-
-    def _resync(self) -> None:
-        """Reload the model from the store (at start, or if someone else wrote)."""
-        self.on_hand.update(self.store.on_hand())
-        self.high_seq = self.store.high_seq()
-        self.history.clear()
 
     # -- recording -----------------------------------------------------------
 
@@ -181,31 +175,12 @@ class WarehouseSim:
         if not events:
             return
         seqs = self.store.record_many(events)
-        if seqs[0] != self.high_seq + 1:
-            # Another producer (`stocksync-agent record` on a kept store) wrote
-            # in between: the model no longer knows the books, reload it.
-            self._resync()
-        else:
-            for seq, event in zip(seqs, events, strict=True):
-                delta = self._delta(event)
-                self.on_hand[event.sku] = self.on_hand.get(event.sku, 0) + delta
-                self.high_seq = seq
-                self.history.append((seq, event.sku, delta))
+        # Read the books back: the store is the one place the stock rules live,
+        # and it also sees what other producers (`stocksync-agent record`) wrote.
+        self.on_hand.update(self.store.on_hand())
+        self.high_seq = seqs[-1]
         self.recorded += len(events)
         self.kinds.update(labels)
-
-    def _delta(self, event: NewEvent) -> int:
-        """The on_hand change the store gives ``event`` (a rebased count, too)."""
-        if event.kind is Kind.RECEIVE or event.kind is Kind.ADJUST:
-            return event.quantity
-        if event.kind is Kind.SHIP:
-            return -event.quantity
-        as_of = self.high_seq if event.as_of_seq is None else event.as_of_seq
-        return event.quantity - self._on_hand_as_of(event.sku, as_of)
-
-    def _on_hand_as_of(self, sku: str, as_of: int) -> int:
-        moved = sum(d for seq, s, d in self.history if seq > as_of and s == sku)
-        return self.on_hand.get(sku, 0) - moved
 
     # -- deciding --------------------------------------------------------------
 
@@ -257,14 +232,12 @@ class WarehouseSim:
 
     def _count(self, sku: str, have: int) -> NewEvent:
         rng = self.rng
-        back = min(COUNT_MAX_BACK, len(self.history), self.high_seq)
+        back = min(COUNT_MAX_BACK, self.high_seq)
         as_of: int | None = None
         base = have
         if back and rng.random() < COUNT_BACKDATED:
-            # The history holds the last `back` seqs, so every move after
-            # as_of is known and the rebased count can be predicted exactly.
             as_of = self.high_seq - rng.randint(1, back)
-            base = self._on_hand_as_of(sku, as_of)
+            base = dict(self.store.snapshot(as_of)).get(sku, 0)
         # Never make the books negative: the moves since as_of survive the count.
         counted = max(0, base - have, base + rng.choice(COUNT_DRIFT))
         return NewEvent(

@@ -122,7 +122,7 @@ def run_sim(path: Path, seed: str, steps: int) -> tuple[WarehouseSim, list[tuple
     return sim, rows
 
 
-def test_generator_keeps_books_exactly_and_never_picks_more_than_on_hand(
+def test_generator_traffic_mix_and_never_picks_more_than_on_hand(
     tmp_path: Path,
 ) -> None:
     sim, rows = run_sim(tmp_path / "a.db", "7", 3000)
