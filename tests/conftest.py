@@ -45,7 +45,27 @@ def run_cli(*args: str, check: bool = False, **kw: Any) -> subprocess.CompletedP
     return result
 
 
-class HubProcess:
+class _Daemon:
+    """A long-running stocksync subprocess."""
+
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or say goodbye."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(30)
+
+
+class HubProcess(_Daemon):
     """``stocksync-hub serve`` in a subprocess; restartable on the same port and store."""
 
     def __init__(self, db: Path, log: Path, port: int = 0) -> None:
@@ -84,22 +104,8 @@ class HubProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def kill(self) -> None:
-        """kill -9: no chance to flush or say goodbye."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
-    def stop(self) -> int:
-        """SIGTERM and wait for a clean exit; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-class AgentProcess:
+class AgentProcess(_Daemon):
     """``stocksync-agent run`` in a subprocess."""
 
     def __init__(self, warehouse: str, db: Path, hub: str, log: Path, *extra: str) -> None:
@@ -126,18 +132,6 @@ class AgentProcess:
                 env={**os.environ, "STOCKSYNC_AGENT_BACKOFF_MAX_S": "1"},
             )
         return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
 
 
 def read_only(path: Path) -> sqlite3.Connection:
