@@ -51,8 +51,13 @@ def _check_tls(config: AgentConfig | HubConfig) -> None:
     for name, path in files.items():
         if not path:
             raise ConfigError(f"{name}: required for mutual TLS (or set insecure to use plaintext)")
-        if not os.access(path, os.R_OK):
-            raise ConfigError(f"{name}: cannot read {path}")
+        try:
+            with open(path, "rb") as f:
+                pem = f.read(1 << 20)
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read {path}: {e.strerror}") from None
+        if b"-----BEGIN " not in pem:
+            raise ConfigError(f"{name}: {path} is not a PEM file")
 
 
 @dataclass

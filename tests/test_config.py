@@ -24,8 +24,11 @@ def test_tls_files_are_required_unless_insecure(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"^tls_ca: set together with insecure"):
         load(HubConfig, env={}, flags={"insecure": True, "tls_ca": "ca.pem"})
     pem = tmp_path / "x.pem"
-    pem.write_text("-")
+    pem.write_text("garbage")
     files = {"tls_cert": str(pem), "tls_key": str(pem), "tls_ca": str(pem)}
+    with pytest.raises(ConfigError, match=r"^tls_cert: .* is not a PEM file"):
+        load(HubConfig, env={}, flags=files)
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
     assert load(HubConfig, env={}, flags=files).tls_ca == str(pem)
 
 
@@ -104,7 +107,7 @@ def test_toml_value_of_wrong_type_is_named(tmp_path: Path) -> None:
 def test_shipped_example_configs_load(name: str, cls: type, tmp_path: Path) -> None:
     example = Path(__file__).resolve().parent.parent / "deploy" / "config" / name
     pem = tmp_path / "x.pem"
-    pem.write_text("-")
+    pem.write_text("-----BEGIN CERTIFICATE-----\n")
     # The example points at /etc/stocksync; only the files' existence differs here.
     flags = {"tls_cert": str(pem), "tls_key": str(pem), "tls_ca": str(pem)}
     config = load(cls, config_file=example, env={}, flags=flags)
