@@ -380,11 +380,15 @@ class _Demo:
 
     def header(self) -> list[str]:
         """Where the hub and the stores are, and how to stop."""
-        stop = "Ctrl-C to stop" if self.duration is None else f"stops after {self.duration:g} s"
+        stop = (
+            "Ctrl-C to stop."
+            if self.duration is None
+            else f"stops after {self.duration:g} s (Ctrl-C works too)."
+        )
         where = str(self.root) if self.keep else f"{self.root} (deleted on exit; --keep DIR)"
         return [
             f"stocksync demo: hub 127.0.0.1:{self.port}, {', '.join(WAREHOUSES)}, "
-            f"~{self.rate:g} events/s each, seed {self.seed}. {stop} (Ctrl-C works too).",
+            f"~{self.rate:g} events/s each, seed {self.seed}. {stop}",
             f"stores and logs: {where}",
         ]
 
