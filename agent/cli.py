@@ -32,9 +32,9 @@ db_option = click.option(
 )
 
 
-def _open(db: str) -> AgentStore:
+def _open(db: str, synchronous: str = "FULL") -> AgentStore:
     try:
-        return AgentStore(db)
+        return AgentStore(db, synchronous=synchronous)
     except StoreError as e:
         raise click.ClickException(str(e)) from None
 
@@ -211,7 +211,7 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
     """
     config = load_config(AgentConfig, config_file, flags)
     setup_logging(verbose)
-    store = _open(config.db)
+    store = _open(config.db, config.synchronous)
 
     async def main_(stop: asyncio.Event) -> None:
         link = AgentLink(config, store)
