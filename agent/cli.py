@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,7 @@ def import_(csv_file: str, db: str) -> None:
     with _open(db) as store:
         try:
             if total >= PROGRESS_MIN_ROWS:
-                stderr = click.get_text_stream("stderr")
-                with click.progressbar(length=total, label="importing", file=stderr) as bar:
+                with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
                     done = [0]
 
                     def advance(n: int) -> None:

@@ -248,8 +248,8 @@ class AgentLink:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    raise error
         finally:
             for task in tasks:
                 task.cancel()

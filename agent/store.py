@@ -60,8 +60,8 @@ def _now_ms() -> int:
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["events"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("events").create(
         {
             "seq": int,
             "event_id": str,
@@ -78,8 +78,8 @@ def _migrate_1(db: sqlite_utils.Database) -> None:
         not_null={"event_id", "sku", "kind", "quantity", "delta", "recorded_at_ms"},
         defaults={"reason": "", "reservation_id": "", "as_of_seq": 0},
     )
-    db["stock"].create({"sku": str, "on_hand": int}, pk="sku", not_null={"on_hand"})
-    db["meta"].insert_all(
+    db.table("stock").create({"sku": str, "on_hand": int}, pk="sku", not_null={"on_hand"})
+    db.table("meta").insert_all(
         [
             {"key": "epoch", "value": str(uuid.uuid4())},
             {"key": "acked_seq", "value": "0"},

@@ -130,10 +130,10 @@ def _query(target: str, call: str, request: Any, insecure: bool, **tls: str | No
         try:
             return getattr(stub, call)(request, timeout=10)
         except grpc.RpcError as e:
-            code = e.code()  # type: ignore[attr-defined]
+            code = e.code()
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise click.ClickException(f"no hub answering at {target}") from None
-            raise click.ClickException(f"{code.name}: {e.details()}") from None  # type: ignore[attr-defined]
+            raise click.ClickException(f"{code.name}: {e.details()}") from None
 
 
 @main.command()

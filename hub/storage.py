@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = [
     "EpochRetired",
@@ -24,8 +24,8 @@ HubRow = tuple[int, int, str, str, int, int, int, str, str, int, int]
 """One applied event: (source_id, seq, event_id, sku, kind, quantity, delta,
 reason, reservation_id, as_of_seq, recorded_at_ms)."""
 
-SKU_COLUMN = 3
-DELTA_COLUMN = 6
+SKU_COLUMN: Final = 3
+DELTA_COLUMN: Final = 6
 
 
 class WatermarkMoved(Exception):

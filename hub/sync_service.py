@@ -377,7 +377,7 @@ async def _read(context: Any) -> sync_pb2.SyncRequest:
     msg = await context.read()
     if msg is grpc.aio.EOF:
         raise _StreamEnded
-    return msg  # type: ignore[no-any-return]
+    return msg  # type: ignore[no-any-return]  # context is Any: read() gives EOF | request
 
 
 async def _store_failed(context: Any, link: Link, applier: asyncio.Future[None]) -> NoReturn:

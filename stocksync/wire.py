@@ -80,7 +80,7 @@ def batch_message(
             seq=seq,
             event_id=event_id,
             sku=sku,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             quantity=quantity,
             delta=delta,
             reason=reason,
@@ -130,7 +130,7 @@ def batch_rows(
     Raises:
         InvalidEvent: naming the seq and the field, for the first bad event.
     """
-    rows = []
+    rows: list[tuple[int, int, str, str, int, int, int, str, str, int, int]] = []
     append = rows.append
     expected = batch.first_seq + skip
     for e in batch.events[skip:]:
