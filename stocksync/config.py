@@ -40,6 +40,12 @@ def _check_listen(name: str, value: str) -> None:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
 
 
+def _check_synchronous(value: str) -> None:
+    # OFF is refused: "recorded" and "acknowledged" promise power-loss safety.
+    if value.upper() not in ("NORMAL", "FULL", "EXTRA"):
+        raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {value}")
+
+
 def _check_tls(config: AgentConfig | HubConfig) -> None:
     """Either plaintext explicitly, or all three PEM files, readable."""
     files = {"tls_cert": config.tls_cert, "tls_key": config.tls_key, "tls_ca": config.tls_ca}
@@ -101,8 +107,7 @@ class AgentConfig:
         except InvalidEvent as e:
             raise ConfigError(f"warehouse: {e}") from None
         _check_listen("hub", self.hub)
-        if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
+        _check_synchronous(self.synchronous)
         _check_range("batch_max_events", self.batch_max_events, 1, 5000)
         _check_range("batch_linger_ms", self.batch_linger_ms, 0, 10_000)
         _check_range("window_events", self.window_events, self.batch_max_events, 1_000_000)
@@ -139,8 +144,7 @@ class HubConfig:
             ConfigError: naming the first bad field.
         """
         _check_listen("listen", self.listen)
-        if self.synchronous.upper() not in ("NORMAL", "FULL", "EXTRA"):
-            raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {self.synchronous}")
+        _check_synchronous(self.synchronous)
         _check_range("max_batch_events", self.max_batch_events, 1, 50_000)
         _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)
         _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
