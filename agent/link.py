@@ -255,7 +255,9 @@ class AgentLink:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             if self._stop.is_set():
-                await call.done_writing()
+                # Tell the hub we are done; the stream may already be over.
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await call.done_writing()
 
     async def _send_loop(self, out: wire.SerialWriter, session: AgentSession) -> None:
         store = self.store
