@@ -358,10 +358,6 @@ class AgentStore:
             age = max(0.0, ((_now_ms() if now_ms is None else now_ms) - row[0]) / 1000)
         return Backlog(high, acked, max(0, high - acked), age)
 
-    def data_version(self) -> int:
-        """Changes when another connection commits (cheap; for polling)."""
-        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
-
 
 def parse_events_csv(lines: Iterable[str]) -> Iterator[NewEvent]:
     """Parse ``sku,kind,qty[,reason]`` rows (a header row is allowed).

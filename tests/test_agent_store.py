@@ -378,13 +378,6 @@ def test_two_stores_on_one_file_interleave_gap_free(db_path: Path) -> None:
         assert [r[0] for r in daemon.events(1, 23)] == seqs
 
 
-def test_data_version_moves_when_another_store_commits(db_path: Path) -> None:
-    with AgentStore(db_path) as daemon, AgentStore(db_path) as cli:
-        before = daemon.data_version()
-        cli.record(receive("A", 1))
-        assert daemon.data_version() != before
-
-
 def test_two_stores_writing_concurrently_keep_seqs_gap_free(db_path: Path) -> None:
     per_writer = 150
     results: dict[str, list[int]] = {}
