@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = {
     "agent": ROOT / "agent",
     "hub": ROOT / "hub",
+    "tools": ROOT / "tools",
     "v1": ROOT / "protos" / "stocksync" / "v1",
 }
 # A path into a symlinked subpackage, e.g. "stocksync/agent/" -> "agent/".
