@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from stocksync.events import InvalidEvent, validate_warehouse
+from stocksync.sqlite import check_synchronous
 
 __all__ = ["AgentConfig", "ConfigError", "HubConfig", "env_name", "load"]
 
@@ -41,9 +42,10 @@ def _check_listen(name: str, value: str) -> None:
 
 
 def _check_synchronous(value: str) -> None:
-    # OFF is refused: "recorded" and "acknowledged" promise power-loss safety.
-    if value.upper() not in ("NORMAL", "FULL", "EXTRA"):
-        raise ConfigError(f"synchronous: must be NORMAL, FULL or EXTRA, not {value}")
+    try:
+        check_synchronous(value)
+    except ValueError as e:
+        raise ConfigError(f"synchronous: {e}") from None
 
 
 def _check_tls(config: AgentConfig | HubConfig) -> None:
@@ -82,7 +84,10 @@ class AgentConfig:
     synchronous: str = _knob(
         "FULL", "SQLite synchronous pragma of the store; FULL survives power loss."
     )
-    batch_max_events: int = _knob(1000, "A batch goes out at this many events (N)...")
+    max_batch_events: int = _knob(
+        1000,
+        "A batch goes out at this many events (N), or the hub's limit if lower...",
+    )
     batch_linger_ms: int = _knob(5, "...or this long after its first event, whichever first (T).")
     window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
     poll_interval_ms: int = _knob(
@@ -108,9 +113,10 @@ class AgentConfig:
             raise ConfigError(f"warehouse: {e}") from None
         _check_listen("hub", self.hub)
         _check_synchronous(self.synchronous)
-        _check_range("batch_max_events", self.batch_max_events, 1, 5000)
+        # 5,000 events of the largest form stay well under MAX_MESSAGE_BYTES.
+        _check_range("max_batch_events", self.max_batch_events, 1, 5000)
         _check_range("batch_linger_ms", self.batch_linger_ms, 0, 10_000)
-        _check_range("window_events", self.window_events, self.batch_max_events, 1_000_000)
+        _check_range("window_events", self.window_events, self.max_batch_events, 1_000_000)
         _check_range("poll_interval_ms", self.poll_interval_ms, 1, 10_000)
         _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
         _check_range("backoff_initial_s", self.backoff_initial_s, 0.01, 3600)
@@ -132,7 +138,9 @@ class HubConfig:
     tls_key: str = _knob("", "The server certificate's private key (PEM).")
     tls_ca: str = _knob("", "CA certificate(s) (PEM) that sign client certificates; required.")
     synchronous: str = _knob("FULL", "SQLite synchronous pragma; FULL: an ack survives power loss.")
-    max_batch_events: int = _knob(5000, "Largest batch accepted from an agent, in events.")
+    max_batch_events: int = _knob(
+        5000, "Largest batch accepted from an agent, in events; agents send no larger ones."
+    )
     hello_timeout_s: float = _knob(10.0, "A stream that sends no Hello within this is closed.")
     ping_interval_s: float = _knob(15.0, "How often the hub pings each agent.")
     grace_s: float = _knob(5.0, "On SIGTERM, how long in-flight batches get to finish.")

@@ -9,11 +9,16 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from stocksync.errors import InvalidArgument
 
 __all__ = [
+    "MAX_EVENT_ID_LEN",
     "MAX_QUANTITY",
     "MAX_REASON_LEN",
     "SKU_PATTERN",
+    "EventRow",
     "InvalidEvent",
     "Kind",
     "NewEvent",
@@ -34,11 +39,15 @@ MAX_QUANTITY = 1_000_000_000
 """No single event moves more units than this; larger numbers are typos."""
 
 MAX_REASON_LEN = 200
+"""Longest ``reason`` text, in characters."""
 MAX_RESERVATION_ID_LEN = 128
+"""Longest reservation id a SHIP may settle, in characters."""
+MAX_EVENT_ID_LEN = 64
+"""Longest event id, in characters (agents send a 36-character UUIDv7)."""
 
 
-class InvalidEvent(ValueError):
-    """A malformed event, refused before anything is recorded or applied."""
+class InvalidEvent(InvalidArgument, ValueError):
+    """A malformed event or SKU, refused before anything is recorded or applied."""
 
 
 class Kind(enum.IntEnum):
@@ -77,6 +86,28 @@ class NewEvent:
     reservation_id: str = ""
     as_of_seq: int | None = None
     """COUNT only: the seq the count was taken at; ``None`` means now."""
+
+
+class EventRow(NamedTuple):
+    """One recorded event, in wire order: the agent's outbox row, the fields of
+    a ``stocksync.v1.Event`` and, after the source id, the hub's log row.
+
+    A NamedTuple is still a tuple, so rows go to ``executemany`` as they are.
+    """
+
+    seq: int
+    event_id: str
+    sku: str
+    kind: int
+    quantity: int
+    delta: int
+    """The change to on_hand (for a COUNT, rebased by the agent when recorded)."""
+    reason: str
+    reservation_id: str
+    as_of_seq: int
+    """COUNT only: the seq the count was taken at; 0 otherwise."""
+    recorded_at_ms: int
+    """The agent's wall clock, informational only."""
 
 
 def validate_sku(sku: str) -> str:

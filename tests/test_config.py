@@ -34,7 +34,7 @@ def test_tls_files_are_required_unless_insecure(tmp_path: Path) -> None:
 
 def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
     toml = tmp_path / "agent.toml"
-    toml.write_text('warehouse = "WH-FILE"\nhub = "file:1"\nbatch_max_events = 200\n')
+    toml.write_text('warehouse = "WH-FILE"\nhub = "file:1"\nmax_batch_events = 200\n')
     env = {
         "STOCKSYNC_AGENT_HUB": "env:2",
         "STOCKSYNC_AGENT_WAREHOUSE": "WH-ENV",
@@ -43,7 +43,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
     config = load(AgentConfig, config_file=toml, env=env, flags={"warehouse": "WH-FLAG"})
     assert config.warehouse == "WH-FLAG"  # flag beats env and file
     assert config.hub == "env:2"  # env beats file
-    assert config.batch_max_events == 200  # file beats default
+    assert config.max_batch_events == 200  # file beats default
     assert config.window_events == AgentConfig.window_events  # default
 
 
@@ -63,8 +63,8 @@ def test_env_booleans_and_numbers_are_parsed() -> None:
 @pytest.mark.parametrize(
     ("env", "field"),
     [
-        ({"STOCKSYNC_AGENT_BATCH_MAX_EVENTS": "0"}, "batch_max_events"),
-        ({"STOCKSYNC_AGENT_BATCH_MAX_EVENTS": "many"}, "batch_max_events"),
+        ({"STOCKSYNC_AGENT_MAX_BATCH_EVENTS": "0"}, "max_batch_events"),
+        ({"STOCKSYNC_AGENT_MAX_BATCH_EVENTS": "many"}, "max_batch_events"),
         ({"STOCKSYNC_AGENT_WINDOW_EVENTS": "10"}, "window_events"),
         ({"STOCKSYNC_AGENT_HUB": "nohostport"}, "hub"),
         ({"STOCKSYNC_AGENT_WAREHOUSE": "WH LAX"}, "warehouse"),

@@ -1,0 +1,66 @@
+"""One family of domain errors, each carrying the status it means.
+
+Inside stocksync, code raises small domain exceptions (a malformed event, a
+gap in seqs, a full store). Each class names its :class:`Status` once, so an
+edge translates any of them with one table — gRPC status codes in
+``stocksync.hub.grpc_edge``, exit codes in the CLIs — and one kind of
+violation always gets one code, whichever call site saw it.
+
+The statuses are gRPC's own names, used for what grpc's status-code guide
+says they mean; this module imports nothing so the sans-IO core can use it.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+__all__ = ["InvalidArgument", "Status", "StocksyncError"]
+
+
+class Status(enum.Enum):
+    """What kind of failure an error is (values are gRPC status code names)."""
+
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    """The request is wrong whatever the state: a bad field, a broken rule."""
+    NOT_FOUND = "NOT_FOUND"
+    """The named thing (a reservation, a room) does not exist."""
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    """The caller is known but may not do this."""
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    """Not enough of something: stock to reserve, a per-caller limit."""
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    """The system is not in a state that allows this until something changes."""
+    ABORTED = "ABORTED"
+    """A concurrency conflict (another stream took over); retry from the start."""
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    """Something expected did not arrive in time."""
+    UNAVAILABLE = "UNAVAILABLE"
+    """Transient: the store or a peer cannot serve now; retry with backoff."""
+    INTERNAL = "INTERNAL"
+    """A bug: an invariant broke."""
+
+
+class StocksyncError(Exception):
+    """Base of every domain error; ``str(error)`` is the detail for the peer.
+
+    The detail is written for the person reading it at the other end: it
+    names the field, the limit or the resume point, and never carries a raw
+    Python exception text.
+    """
+
+    status: ClassVar[Status] = Status.INTERNAL
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """Machine-readable trailing metadata sent with the status, if any."""
+        return ()
+
+
+class InvalidArgument(StocksyncError):
+    """A request field is malformed or out of its range; the detail names it."""
+
+    status = Status.INVALID_ARGUMENT

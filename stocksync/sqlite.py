@@ -1,0 +1,68 @@
+"""What both SQLite stores (the agent's and the hub's) share: opening a file
+with the right pragmas, the one check of the ``synchronous`` setting, and
+naming what a ``sqlite3.Error`` means for an operator.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+__all__ = ["SYNCHRONOUS_LEVELS", "check_synchronous", "connect", "error_kind"]
+
+SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
+"""Accepted values of the ``synchronous`` setting. OFF is refused everywhere:
+"recorded" and "acknowledged" promise that a power loss loses nothing."""
+
+
+def check_synchronous(value: str) -> str:
+    """Return ``value`` upper-cased if it is an accepted ``synchronous`` level.
+
+    Raises:
+        ValueError: naming the accepted levels.
+    """
+    level = str(value).strip().upper()
+    if level not in SYNCHRONOUS_LEVELS:
+        raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {value!r}")
+    return level
+
+
+def connect(
+    path: str | Path, synchronous: str, busy_timeout_ms: int = 10_000
+) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode (transactions are explicit), WAL, and
+    the given ``synchronous`` level, usable from any one thread at a time."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {check_synchronous(synchronous)}")
+    # Savepoints keep a statement journal; in memory it costs no file I/O.
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
+
+
+_KINDS = {
+    5: "busy",  # SQLITE_BUSY: another process holds the write lock
+    6: "busy",  # SQLITE_LOCKED
+    8: "read-only",  # SQLITE_READONLY
+    10: "io",  # SQLITE_IOERR
+    11: "corrupt",  # SQLITE_CORRUPT
+    13: "full",  # SQLITE_FULL
+    14: "cannot-open",  # SQLITE_CANTOPEN
+    26: "not-a-database",  # SQLITE_NOTADB
+}
+
+
+def error_kind(error: sqlite3.Error) -> str:
+    """What a SQLite error means: ``full``, ``busy``, ``corrupt``, ``io``,
+    ``read-only``, ``cannot-open``, ``not-a-database`` or ``other``."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return _KINDS.get(code & 0xFF, "other")
+    text = str(error)
+    if "disk is full" in text:
+        return "full"
+    if "locked" in text:
+        return "busy"
+    return "other"
