@@ -1,54 +1,166 @@
 """The sync protocol of DESIGN §6 as two sans-IO state machines.
 
-Everything that decides *what* may be sent or applied lives here: the
-handshake, the window of unacknowledged events, watermarks, duplicates, gaps
-and epochs. The machines never touch a socket or a database; the gRPC and
+Everything that decides *what* may be sent or applied lives here: which
+message each state accepts, the handshake and its checks (warehouse, epoch,
+protocol version, identity, retired epochs), the batch size both ends agree
+on, the window of unacknowledged events, watermarks, duplicates, gaps and
+snapshots. The machines never touch a socket or a database; the gRPC and
 SQLite adapters feed them facts ("the hub welcomed us at 41", "batch 42..91
-arrived") and do what they answer. That keeps the hard logic testable in
-microseconds (tests/test_protocol.py).
+arrived") and do what they answer. Every violation raises one exception
+class per kind, carrying the status it means (:mod:`stocksync.errors`), so an
+adapter maps them with one table. That keeps the hard logic testable in
+microseconds (tests/test_protocol.py). docs/protocol.md describes the same
+rules for someone writing an agent in another language.
 
 Agent side::
 
     session = AgentSession(window=8000, max_batch=1000)
     hello = session.hello(warehouse, epoch, high_seq, acked_seq)
-    session.on_welcome(watermark=..., snapshot_required=...)
+    session.receive("welcome")
+    session.on_welcome(WelcomeInfo(watermark, snapshot_required, max_batch_events), acked)
     rng = session.next_batch(high_seq)        # (first, last) or None
-    session.on_ack(up_to_seq)
+    session.on_sent(*rng)
+    session.receive("ack"); session.on_ack(up_to_seq)
 
 Hub side::
 
-    session = HubSession(identity="WH-LAX")
-    welcome = session.on_hello(hello, known_watermark)
-    verdict = session.on_batch(first_seq, count)  # Apply / Duplicate / Gap
+    session = HubSession(identity="WH-LAX", max_batch=5000)
+    session.receive("hello")
+    welcome = session.on_hello(hello, known)    # known: the stored epoch, or None
+    session.receive("batch")
+    verdict = session.on_batch(first_seq, count)  # Apply / Duplicate, or raises SeqGap
     session.on_applied(last_seq)
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+from stocksync.errors import Status, StocksyncError
+from stocksync.events import InvalidEvent, validate_sku, validate_warehouse
 
 __all__ = [
+    "AGENT_ACCEPTS",
+    "EPOCH_PATTERN",
+    "HUB_ACCEPTS",
+    "MAX_SNAPSHOT_SKUS",
     "PROTOCOL_VERSION",
     "AgentSession",
     "AgentState",
     "Apply",
     "Duplicate",
-    "Gap",
+    "EpochRecord",
+    "EpochRetired",
     "HelloInfo",
     "HubSession",
     "HubState",
+    "KnownEpoch",
+    "MalformedMessage",
     "ProtocolError",
+    "SeqGap",
+    "StoreBehindHub",
+    "Superseded",
+    "TimedOut",
+    "UnexpectedMessage",
+    "UnsupportedVersion",
     "WelcomeInfo",
+    "WrongWarehouse",
+    "validate_epoch",
 ]
 
 PROTOCOL_VERSION = 1
-"""The version both ends speak. A hub refuses a Hello with another one."""
+"""The version both ends speak. 0 means "not set" and is refused."""
+
+EPOCH_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+"""An epoch: 1-64 characters of ``[A-Za-z0-9._:-]`` (agents use a UUID)."""
+
+MAX_SNAPSHOT_SKUS = 2_000_000
+"""A snapshot naming more SKUs than this is refused (it is held in memory)."""
+
+MAX_SNAPSHOT_ON_HAND = 10**15
+"""Largest |on_hand| a snapshot may state for one SKU."""
 
 
-class ProtocolError(Exception):
-    """The peer broke the protocol; the stream must end with this message."""
+# -- violations --------------------------------------------------------------
+
+
+class ProtocolError(StocksyncError):
+    """The peer broke the protocol; the stream ends with this error's status."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class MalformedMessage(ProtocolError):
+    """A field is missing, out of range or of the wrong form."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class UnexpectedMessage(ProtocolError):
+    """A message the current state does not accept (a batch before Hello...)."""
+
+    status = Status.INVALID_ARGUMENT
+
+
+class UnsupportedVersion(ProtocolError):
+    """The peer speaks another protocol version; one end must be upgraded."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class WrongWarehouse(ProtocolError):
+    """The caller's credentials name another warehouse than its Hello."""
+
+    status = Status.PERMISSION_DENIED
+
+
+class EpochRetired(ProtocolError):
+    """The (warehouse, epoch) was replaced by a newer store and may not write."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class StoreBehindHub(ProtocolError):
+    """The hub holds seqs of this epoch that the agent's store does not."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class Superseded(ProtocolError):
+    """A newer stream for the same warehouse took over this one."""
+
+    status = Status.ABORTED
+
+
+class TimedOut(ProtocolError):
+    """An expected message (Hello, a requested snapshot) did not arrive in time."""
+
+    status = Status.DEADLINE_EXCEEDED
+
+
+class SeqGap(ProtocolError):
+    """A batch starts after ``expected``: events are missing; resume from there."""
+
+    status = Status.FAILED_PRECONDITION
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(
+            f"gap in seqs: expected seq {expected}, got {got}; resume from seq {expected}"
+        )
+        self.expected = expected
+        self.got = got
+
+    def trailers(self) -> tuple[tuple[str, str], ...]:
+        """``resume-from-seq``: where the agent's next batch must start."""
+        return (("resume-from-seq", str(self.expected)),)
+
+
+# -- messages as the core sees them ------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +180,48 @@ class WelcomeInfo:
 
     watermark: int
     snapshot_required: bool
+    max_batch_events: int = 0
+    """The hub's batch limit; 0 (an old hub) means "no limit stated"."""
+
+
+class KnownEpoch(Protocol):
+    """What the hub has stored about a (warehouse, epoch)."""
+
+    @property
+    def watermark(self) -> int:
+        """Highest seq durably applied."""
+        ...
+
+    @property
+    def current(self) -> bool:
+        """False once a newer epoch of the warehouse took over."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class EpochRecord:
+    """A plain :class:`KnownEpoch`."""
+
+    watermark: int
+    current: bool = True
+
+
+def validate_epoch(epoch: str) -> str:
+    """Return ``epoch`` if it has the form of :data:`EPOCH_PATTERN`.
+
+    Raises:
+        MalformedMessage: naming what is wrong.
+    """
+    if not epoch:
+        raise MalformedMessage("Hello has no epoch")
+    if not EPOCH_PATTERN.fullmatch(epoch):
+        raise MalformedMessage(
+            f"epoch {epoch[:80]!r} must be 1-64 letters, digits, '.', '_', ':' or '-'"
+        )
+    return epoch
+
+
+# -- the agent ---------------------------------------------------------------
 
 
 class AgentState(enum.Enum):
@@ -81,12 +235,22 @@ class AgentState(enum.Enum):
     CLOSED = "closed"
 
 
+AGENT_ACCEPTS: dict[AgentState, frozenset[str]] = {
+    AgentState.CONNECTING: frozenset({"welcome"}),
+    AgentState.SNAPSHOT: frozenset({"ack", "ping"}),
+    AgentState.STREAMING: frozenset({"ack", "ping", "snapshot_request", "pick"}),
+    AgentState.CLOSED: frozenset(),
+}
+"""Which hub message each agent state accepts; anything else is a violation."""
+
+
 class AgentSession:
     """The agent's half of one stream.
 
     Args:
         window: most events sent but not yet acknowledged.
-        max_batch: most events in one batch (N).
+        max_batch: most events in one batch (N), as configured; the hub's
+            Welcome may lower it for the stream (:attr:`batch_limit`).
         linger: seconds to wait for a batch to fill before sending it
             anyway (T); a batch goes out at N events or T, whichever first.
     """
@@ -98,6 +262,8 @@ class AgentSession:
             raise ValueError("linger must be >= 0")
         self.window = window
         self.max_batch = max_batch
+        self.batch_limit = max_batch
+        """Most events per batch on this stream: min(ours, the hub's)."""
         self.linger = linger
         self._waiting_since: float | None = None
         self.state = AgentState.CLOSED
@@ -114,10 +280,22 @@ class AgentSession:
         self.state = AgentState.CONNECTING
         self._high_at_hello = high_seq
         self.acked = self.sent = 0
+        self.batch_limit = self.max_batch
         return HelloInfo(warehouse, epoch, high_seq, acked_seq)
 
+    def receive(self, kind: str | None) -> None:
+        """Check that the current state accepts a hub message of ``kind``.
+
+        Raises:
+            UnexpectedMessage: if it does not.
+        """
+        if kind not in AGENT_ACCEPTS[self.state]:
+            raise UnexpectedMessage(
+                f"hub sent {kind or 'an empty message'} while {self.state.value}"
+            )
+
     def on_welcome(self, welcome: WelcomeInfo, acked_seq: int) -> None:
-        """Take the hub's watermark as the resume point.
+        """Take the hub's watermark as the resume point and its batch limit.
 
         Args:
             welcome: the hub's answer.
@@ -125,11 +303,13 @@ class AgentSession:
                 agent's store); a snapshot is taken as of this seq.
 
         Raises:
-            ProtocolError: if the hub claims seqs this store never recorded
+            UnexpectedMessage: outside CONNECTING.
+            StoreBehindHub: if the hub claims seqs this store never recorded
                 (the store was restored from an older copy under the same epoch).
         """
-        if self.state is not AgentState.CONNECTING:
-            raise ProtocolError(f"unexpected Welcome in state {self.state.value}")
+        self.receive("welcome")
+        if welcome.max_batch_events > 0:
+            self.batch_limit = min(self.max_batch, welcome.max_batch_events)
         if welcome.snapshot_required:
             self.state = AgentState.SNAPSHOT
             self._snapshot_sent = False
@@ -137,10 +317,10 @@ class AgentSession:
             return
         if welcome.watermark > self._high_at_hello:
             self.state = AgentState.CLOSED
-            raise ProtocolError(
+            raise StoreBehindHub(
                 f"hub holds seq {welcome.watermark} for this epoch but this store only "
                 f"reaches {self._high_at_hello}: the store was replaced by an older copy; "
-                "start a new epoch (stocksync-agent new-epoch)"
+                "start a new store for the warehouse"
             )
         self.state = AgentState.STREAMING
         self.acked = self.sent = welcome.watermark
@@ -168,8 +348,9 @@ class AgentSession:
         room = self.window - self.in_flight
         if room <= 0:
             return None
-        size = min(high_seq - self.sent, room, self.max_batch)
-        if high_seq - self.sent < self.max_batch and self.linger > 0:
+        limit = self.batch_limit
+        size = min(high_seq - self.sent, room, limit)
+        if high_seq - self.sent < limit and self.linger > 0:
             if self._waiting_since is None:
                 self._waiting_since = now
             if now - self._waiting_since < self.linger:
@@ -185,17 +366,18 @@ class AgentSession:
     def on_sent(self, first: int, last: int) -> None:
         """Record that ``first..last`` went out."""
         if first != self.sent + 1 or last < first:
-            raise ProtocolError(f"sent {first}..{last} but the stream is at {self.sent}")
+            raise StocksyncError(f"sent {first}..{last} but the stream is at {self.sent}")
         self.sent = last
 
     def on_snapshot_sent(self) -> None:
         """The last snapshot chunk went out; wait for its ack."""
         if self.state is not AgentState.SNAPSHOT:
-            raise ProtocolError("no snapshot was requested")
+            raise UnexpectedMessage("no snapshot was requested")
         self._snapshot_sent = True
 
     def on_snapshot_request(self, acked_seq: int) -> None:
         """The hub asked for a snapshot mid-stream: stop sending, resend from it."""
+        self.receive("snapshot_request")
         self.state = AgentState.SNAPSHOT
         self._snapshot_sent = False
         self.snapshot_as_of = self.acked = self.sent = acked_seq
@@ -206,21 +388,24 @@ class AgentSession:
         A repeated or older ack covers nothing and is ignored.
 
         Raises:
-            ProtocolError: for an ack of seqs never sent.
+            UnexpectedMessage: before the Welcome, or for a snapshot ack
+                before the snapshot went out.
+            MalformedMessage: for an ack of seqs never sent.
         """
+        self.receive("ack")
         if self.state is AgentState.SNAPSHOT:
             if not self._snapshot_sent:
-                raise ProtocolError("snapshot acknowledged before it was sent")
+                raise UnexpectedMessage("snapshot acknowledged before it was sent")
             if up_to_seq != self.snapshot_as_of:
-                raise ProtocolError(
+                raise MalformedMessage(
                     f"snapshot as of {self.snapshot_as_of} acknowledged at {up_to_seq}"
                 )
             self.state = AgentState.STREAMING
             return 0
-        if self.state is not AgentState.STREAMING:
-            raise ProtocolError(f"unexpected Ack in state {self.state.value}")
         if up_to_seq > self.sent:
-            raise ProtocolError(f"hub acknowledged seq {up_to_seq} but only {self.sent} was sent")
+            raise MalformedMessage(
+                f"hub acknowledged seq {up_to_seq} but only {self.sent} was sent"
+            )
         newly = max(0, up_to_seq - self.acked)
         self.acked = max(self.acked, up_to_seq)
         return newly
@@ -228,6 +413,9 @@ class AgentSession:
     def close(self) -> None:
         """The stream ended; everything in flight will be resent from the next Welcome."""
         self.state = AgentState.CLOSED
+
+
+# -- the hub -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,24 +428,9 @@ class Apply:
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
-    """Every event of the batch was applied before: re-ack and ignore it."""
+    """Every event of the batch was accepted before: re-ack and ignore it."""
 
     ack_seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class Gap:
-    """The batch starts after ``expected``: events are missing."""
-
-    expected: int
-    got: int
-
-    def message(self) -> str:
-        """A detail naming the resume point."""
-        return (
-            f"gap in seqs: expected seq {self.expected}, got {self.got}; "
-            f"resume from seq {self.expected}"
-        )
 
 
 class HubState(enum.Enum):
@@ -266,6 +439,17 @@ class HubState(enum.Enum):
     AWAITING_HELLO = "awaiting-hello"
     AWAITING_SNAPSHOT = "awaiting-snapshot"
     STREAMING = "streaming"
+
+
+HUB_ACCEPTS: dict[HubState, frozenset[str]] = {
+    HubState.AWAITING_HELLO: frozenset({"hello"}),
+    HubState.AWAITING_SNAPSHOT: frozenset({"snapshot", "ping"}),
+    HubState.STREAMING: frozenset({"batch", "ping", "command_ack"}),
+}
+"""Which agent message each hub state accepts; anything else is a violation.
+
+A snapshot is accepted only while one was asked for: one sent mid-stream
+could move the watermark back under events already applied."""
 
 
 class HubSession:
@@ -279,12 +463,19 @@ class HubSession:
     Args:
         identity: the warehouse the caller proved it is (certificate or
             token), or None when the hub runs without authentication.
-        max_batch: most events accepted in one batch.
+        max_batch: most events accepted in one batch; sent in the Welcome.
+        max_snapshot_skus: most SKUs one snapshot may name.
     """
 
-    def __init__(self, identity: str | None = None, max_batch: int = 5000) -> None:
+    def __init__(
+        self,
+        identity: str | None = None,
+        max_batch: int = 5000,
+        max_snapshot_skus: int = MAX_SNAPSHOT_SKUS,
+    ) -> None:
         self.identity = identity
         self.max_batch = max_batch
+        self.max_snapshot_skus = max_snapshot_skus
         self.state = HubState.AWAITING_HELLO
         self.warehouse = ""
         self.epoch = ""
@@ -294,81 +485,166 @@ class HubSession:
         """Highest seq accepted for applying (>= watermark)."""
         self.agent_high_seq = 0
         self._applying: deque[int] = deque()
+        self._snapshot: list[tuple[str, int]] = []
+        self._snapshot_skus: set[str] = set()
+        self._snapshot_as_of: int | None = None
 
-    def on_hello(self, hello: HelloInfo, known_watermark: int | None) -> WelcomeInfo:
-        """Decide the Welcome.
-
-        Args:
-            hello: the agent's Hello.
-            known_watermark: the stored watermark of (warehouse, epoch), or
-                None if the hub has never seen this epoch.
+    def receive(self, kind: str | None) -> None:
+        """Check that the current state accepts an agent message of ``kind``.
 
         Raises:
-            ProtocolError: for a second Hello, another protocol version, or an
-                agent speaking for a warehouse it is not.
+            UnexpectedMessage: if it does not.
         """
-        if self.state is not HubState.AWAITING_HELLO:
-            raise ProtocolError("Hello sent twice on one stream")
+        if kind in HUB_ACCEPTS[self.state]:
+            return
+        if kind is None:
+            raise UnexpectedMessage("message has no content (no field of the oneof is set)")
+        if self.state is HubState.AWAITING_HELLO:
+            raise UnexpectedMessage(f"the first message must be Hello, not {kind}")
+        raise UnexpectedMessage(f"{kind} is not allowed while {self.state.value}")
+
+    def check_hello(self, hello: HelloInfo) -> None:
+        """Every check of a Hello that needs nothing stored.
+
+        Raises:
+            UnexpectedMessage: for a second Hello.
+            MalformedMessage: for a bad warehouse id, epoch or seqs, or a
+                protocol version of 0 (not set).
+            UnsupportedVersion: for another protocol version.
+            WrongWarehouse: for an agent speaking for a warehouse it is not.
+        """
+        self.receive("hello")
+        if hello.protocol_version == 0:
+            raise MalformedMessage(
+                f"Hello must set protocol_version (this hub speaks {PROTOCOL_VERSION})"
+            )
         if hello.protocol_version != PROTOCOL_VERSION:
-            raise ProtocolError(
+            raise UnsupportedVersion(
                 f"protocol version {hello.protocol_version} is not supported "
                 f"(this hub speaks {PROTOCOL_VERSION})"
             )
+        try:
+            validate_warehouse(hello.warehouse)
+        except InvalidEvent as e:
+            raise MalformedMessage(str(e)) from None
+        validate_epoch(hello.epoch)
+        if hello.acked_seq > hello.high_seq:
+            raise MalformedMessage(
+                f"Hello acked_seq {hello.acked_seq} is past its high_seq {hello.high_seq}"
+            )
         if self.identity is not None and hello.warehouse != self.identity:
-            raise PermissionError(
+            raise WrongWarehouse(
                 f"credentials are for warehouse {self.identity!r}, not {hello.warehouse!r}"
             )
-        if not hello.epoch:
-            raise ProtocolError("Hello has no epoch")
+
+    def on_hello(self, hello: HelloInfo, known: KnownEpoch | None) -> WelcomeInfo:
+        """Check the Hello and decide the Welcome.
+
+        Args:
+            hello: the agent's Hello.
+            known: what the hub has stored for (warehouse, epoch), or None if
+                it has never seen this epoch.
+
+        Raises:
+            EpochRetired: for an epoch a newer store replaced; and every
+                error of :meth:`check_hello`.
+        """
+        self.check_hello(hello)
+        if known is not None and not known.current:
+            raise EpochRetired(
+                f"epoch {hello.epoch} of {hello.warehouse} was replaced by a newer store; "
+                "this store may no longer send events"
+            )
         self.warehouse, self.epoch = hello.warehouse, hello.epoch
         self.agent_high_seq = hello.high_seq
-        if known_watermark is None:
+        if known is None:
             self.state = HubState.AWAITING_SNAPSHOT
-            return WelcomeInfo(watermark=0, snapshot_required=True)
+            return WelcomeInfo(0, snapshot_required=True, max_batch_events=self.max_batch)
         self.state = HubState.STREAMING
-        self.watermark = self.accepted = known_watermark
-        return WelcomeInfo(watermark=known_watermark, snapshot_required=False)
+        self.watermark = self.accepted = known.watermark
+        return WelcomeInfo(
+            known.watermark, snapshot_required=False, max_batch_events=self.max_batch
+        )
 
-    def on_snapshot(self, as_of_seq: int) -> None:
-        """Check that a snapshot may be applied now, as of ``as_of_seq``."""
-        if self.state is not HubState.AWAITING_SNAPSHOT:
-            # Only a requested snapshot may replace stock: one sent mid-stream
-            # could move the watermark back under events already applied.
-            raise ProtocolError("snapshot the hub did not ask for")
-        if as_of_seq > self.agent_high_seq:
-            raise ProtocolError(
-                f"snapshot as of seq {as_of_seq} is past the agent's high seq {self.agent_high_seq}"
+    def on_snapshot_chunk(
+        self, as_of_seq: int, stock: Sequence[tuple[str, int]], last: bool
+    ) -> list[tuple[str, int]] | None:
+        """Take one chunk of a requested snapshot; returns the whole snapshot
+        once the last chunk is in (the adapter then applies it), else None.
+
+        Raises:
+            UnexpectedMessage: for a snapshot the hub did not ask for.
+            MalformedMessage: for chunks of different ``as_of_seq``, an
+                ``as_of_seq`` past the agent's high seq, a bad or repeated
+                SKU, an absurd on_hand, or too many SKUs.
+        """
+        self.receive("snapshot")
+        if self._snapshot_as_of is None:
+            if as_of_seq > self.agent_high_seq:
+                raise MalformedMessage(
+                    f"snapshot as of seq {as_of_seq} is past the agent's high seq "
+                    f"{self.agent_high_seq}"
+                )
+            self._snapshot_as_of = as_of_seq
+        elif as_of_seq != self._snapshot_as_of:
+            raise MalformedMessage(
+                f"snapshot chunk as of seq {as_of_seq} in a snapshot as of {self._snapshot_as_of}"
             )
+        if len(self._snapshot) + len(stock) > self.max_snapshot_skus:
+            raise MalformedMessage(f"snapshot has more than {self.max_snapshot_skus} SKUs")
+        seen = self._snapshot_skus
+        for sku, on_hand in stock:
+            try:
+                validate_sku(sku)
+            except InvalidEvent as e:
+                raise MalformedMessage(f"snapshot: {e}") from None
+            if sku in seen:
+                raise MalformedMessage(f"snapshot: sku {sku} appears twice")
+            if abs(on_hand) > MAX_SNAPSHOT_ON_HAND:
+                raise MalformedMessage(f"snapshot: on_hand {on_hand} of {sku} is out of range")
+            seen.add(sku)
+        self._snapshot.extend(stock)
+        if not last:
+            return None
+        complete, self._snapshot, self._snapshot_skus = self._snapshot, [], set()
+        return complete
+
+    @property
+    def snapshot_as_of(self) -> int:
+        """The ``as_of_seq`` of the snapshot being received (0 before its first chunk)."""
+        return self._snapshot_as_of or 0
 
     def on_snapshot_applied(self, as_of_seq: int) -> int:
         """The snapshot is durable; streaming resumes after it. Returns the ack."""
         self.state = HubState.STREAMING
+        self._snapshot_as_of = None
         self.watermark = self.accepted = as_of_seq
         return as_of_seq
 
-    def on_batch(self, first_seq: int, count: int) -> Apply | Duplicate | Gap:
+    def on_batch(self, first_seq: int, count: int) -> Apply | Duplicate:
         """Classify a batch of ``count`` contiguous events from ``first_seq``.
 
         Raises:
-            ProtocolError: before the handshake or snapshot is done, or for an
-                empty or oversized batch.
+            UnexpectedMessage: before the handshake or snapshot is done.
+            MalformedMessage: for an empty or oversized batch, or seq 0.
+            SeqGap: when the batch starts past ``accepted + 1``.
         """
-        if self.state is HubState.AWAITING_HELLO:
-            raise ProtocolError("batch before Hello")
-        if self.state is HubState.AWAITING_SNAPSHOT:
-            raise ProtocolError("batch before the requested snapshot")
+        self.receive("batch")
         if count < 1:
-            raise ProtocolError("empty batch")
+            raise MalformedMessage("empty batch")
         if count > self.max_batch:
-            raise ProtocolError(f"batch of {count} events exceeds the limit of {self.max_batch}")
+            raise MalformedMessage(
+                f"batch of {count} events exceeds the limit of {self.max_batch} "
+                "(the Welcome's max_batch_events)"
+            )
         if first_seq < 1:
-            raise ProtocolError("seqs start at 1")
+            raise MalformedMessage("seqs start at 1")
         last = first_seq + count - 1
         self.agent_high_seq = max(self.agent_high_seq, last)
         if last <= self.accepted:
             return Duplicate(self.watermark)
         if first_seq > self.accepted + 1:
-            return Gap(expected=self.accepted + 1, got=first_seq)
+            raise SeqGap(expected=self.accepted + 1, got=first_seq)
         skip = self.accepted + 1 - first_seq
         self.accepted = last
         self._applying.append(last)
@@ -379,7 +655,7 @@ class HubSession:
         them: several may commit together). Returns the seq to ack."""
         if last_seq not in self._applying:
             ends = ", ".join(map(str, self._applying)) or "none"
-            raise ProtocolError(
+            raise StocksyncError(  # a bug in the adapter, not the peer's doing
                 f"applied up to {last_seq}, but the batches being applied end at {ends}"
             )
         while self._applying and self._applying[0] <= last_seq:

@@ -13,16 +13,18 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from stocksync.events import (
+    MAX_EVENT_ID_LEN,
     MAX_QUANTITY,
     MAX_REASON_LEN,
     MAX_RESERVATION_ID_LEN,
     SKU_PATTERN,
+    EventRow,
     InvalidEvent,
     Kind,
     check_fields,
     plain_delta,
 )
-from stocksync.protocol import HelloInfo
+from stocksync.protocol import PROTOCOL_VERSION, HelloInfo, WelcomeInfo
 from stocksync.v1 import sync_pb2
 
 __all__ = [
@@ -32,6 +34,8 @@ __all__ = [
     "batch_rows",
     "hello_info",
     "hello_message",
+    "welcome_info",
+    "welcome_message",
 ]
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -56,13 +60,28 @@ def hello_info(msg: sync_pb2.Hello) -> HelloInfo:
     return HelloInfo(msg.warehouse, msg.epoch, msg.high_seq, msg.acked_seq, msg.protocol_version)
 
 
-def batch_message(
-    rows: Sequence[tuple[int, str, str, int, int, int, str, str, int, int]],
-) -> sync_pb2.SyncRequest:
+def welcome_message(welcome: WelcomeInfo) -> sync_pb2.SyncResponse:
+    """The hub's answer to a Hello."""
+    return sync_pb2.SyncResponse(
+        welcome=sync_pb2.Welcome(
+            watermark=welcome.watermark,
+            snapshot_required=welcome.snapshot_required,
+            protocol_version=PROTOCOL_VERSION,
+            max_batch_events=welcome.max_batch_events,
+        )
+    )
+
+
+def welcome_info(msg: sync_pb2.Welcome) -> WelcomeInfo:
+    """The protocol core's view of a received Welcome."""
+    return WelcomeInfo(msg.watermark, msg.snapshot_required, msg.max_batch_events)
+
+
+def batch_message(rows: Sequence[EventRow]) -> sync_pb2.SyncRequest:
     """A Batch of outbox rows (see ``AgentStore.events``), which must be contiguous."""
     request = sync_pb2.SyncRequest()
     batch = request.batch
-    batch.first_seq = rows[0][0]
+    batch.first_seq = rows[0].seq
     add = batch.events.add  # built in place: no per-event message copy
     for (
         seq,
@@ -76,18 +95,29 @@ def batch_message(
         as_of_seq,
         recorded_at_ms,
     ) in rows:
-        add(
-            seq=seq,
-            event_id=event_id,
-            sku=sku,
-            kind=kind,
-            quantity=quantity,
-            delta=delta,
-            reason=reason,
-            reservation_id=reservation_id,
-            as_of_seq=as_of_seq,
-            recorded_at_unix_ms=recorded_at_ms,
-        )
+        if reason or reservation_id or as_of_seq:
+            add(
+                seq=seq,
+                event_id=event_id,
+                sku=sku,
+                kind=kind,
+                quantity=quantity,
+                delta=delta,
+                reason=reason,
+                reservation_id=reservation_id,
+                as_of_seq=as_of_seq,
+                recorded_at_unix_ms=recorded_at_ms,
+            )
+        else:  # the common event: empty fields need no setting (~20 % faster)
+            add(
+                seq=seq,
+                event_id=event_id,
+                sku=sku,
+                kind=kind,
+                quantity=quantity,
+                delta=delta,
+                recorded_at_unix_ms=recorded_at_ms,
+            )
     return request
 
 
@@ -113,14 +143,15 @@ def _check_event(e: sync_pb2.Event, expected: int) -> None:
         raise InvalidEvent("as_of_seq is only meaningful for a count")
     if kind == _COUNT and e.as_of_seq >= seq:
         raise InvalidEvent(f"count as of seq {e.as_of_seq} is not before itself")
-    if len(e.event_id) > 64:
-        raise InvalidEvent("event id is longer than 64 characters")
+    if len(e.event_id) > MAX_EVENT_ID_LEN:
+        raise InvalidEvent(f"event id is longer than {MAX_EVENT_ID_LEN} characters")
 
 
-def batch_rows(
-    source_id: int, batch: sync_pb2.Batch, skip: int
-) -> list[tuple[int, int, str, str, int, int, int, str, str, int, int]]:
-    """The hub's log rows for ``batch.events[skip:]``, every field checked.
+_row = tuple.__new__  # EventRow from a tuple without NamedTuple's slower __new__
+
+
+def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
+    """The rows for ``batch.events[skip:]``, every field checked.
 
     This is the hub's hot path. The common event (a RECEIVE, SHIP or ADJUST
     that is plainly within every bound) passes one inline test; anything else
@@ -130,7 +161,7 @@ def batch_rows(
     Raises:
         InvalidEvent: naming the seq and the field, for the first bad event.
     """
-    rows: list[tuple[int, int, str, str, int, int, int, str, str, int, int]] = []
+    rows: list[EventRow] = []
     append = rows.append
     expected = batch.first_seq + skip
     for e in batch.events[skip:]:
@@ -152,25 +183,27 @@ def batch_rows(
             and not as_of_seq
             and (not reservation_id or (kind == _SHIP and len(reservation_id) <= _MAX_RID))
             and len(reason) <= MAX_REASON_LEN
-            and len(event_id) <= 64
+            and len(event_id) <= MAX_EVENT_ID_LEN
         ):
             try:
                 _check_event(e, expected)
             except InvalidEvent as err:
                 raise InvalidEvent(f"event seq {seq}: {err}") from None
         append(
-            (
-                source_id,
-                seq,
-                event_id,
-                sku,
-                kind,
-                quantity,
-                delta,
-                reason,
-                reservation_id,
-                as_of_seq,
-                e.recorded_at_unix_ms,
+            _row(
+                EventRow,
+                (
+                    seq,
+                    event_id,
+                    sku,
+                    kind,
+                    quantity,
+                    delta,
+                    reason,
+                    reservation_id,
+                    as_of_seq,
+                    e.recorded_at_unix_ms,
+                ),
             )
         )
         expected += 1

@@ -14,18 +14,28 @@ from typing import TypeVar
 
 import pytest
 
+from stocksync.errors import Status, StocksyncError
 from stocksync.protocol import (
+    AGENT_ACCEPTS,
+    HUB_ACCEPTS,
     PROTOCOL_VERSION,
     AgentSession,
     AgentState,
     Apply,
     Duplicate,
-    Gap,
+    EpochRecord,
+    EpochRetired,
     HelloInfo,
     HubSession,
     HubState,
+    MalformedMessage,
     ProtocolError,
+    SeqGap,
+    StoreBehindHub,
+    UnexpectedMessage,
+    UnsupportedVersion,
     WelcomeInfo,
+    WrongWarehouse,
 )
 
 WH = "WH-LAX"
@@ -55,7 +65,8 @@ def connect(
 ) -> WelcomeInfo:
     """Run the handshake between ``agent`` and ``hub``; returns the Welcome."""
     hello = agent.hello(WH, EPOCH, high_seq, acked_seq)
-    welcome = hub.on_hello(hello, known_watermark)
+    known = None if known_watermark is None else EpochRecord(known_watermark)
+    welcome = hub.on_hello(hello, known)
     agent.on_welcome(welcome, acked_seq)
     return welcome
 
@@ -63,7 +74,7 @@ def connect(
 def streaming_hub(watermark: int, max_batch: int = 5000) -> HubSession:
     """A hub session past the handshake, holding ``watermark``."""
     hub = HubSession(identity=WH, max_batch=max_batch)
-    hub.on_hello(hello_for(high_seq=watermark), known_watermark=watermark)
+    hub.on_hello(hello_for(high_seq=watermark), known=EpochRecord(watermark))
     assert hub.state is HubState.STREAMING
     return hub
 
@@ -102,8 +113,8 @@ def test_handshake_goes_from_hello_to_welcome_to_streaming() -> None:
     )
     assert agent.next_batch(7) is None, "nothing may be sent before the Welcome"
 
-    welcome = hub.on_hello(hello, known_watermark=3)
-    assert welcome == WelcomeInfo(watermark=3, snapshot_required=False)
+    welcome = hub.on_hello(hello, known=EpochRecord(3))
+    assert welcome == WelcomeInfo(watermark=3, snapshot_required=False, max_batch_events=5000)
     assert (hub.state, hub.warehouse, hub.epoch, hub.watermark) == (
         HubState.STREAMING,
         WH,
@@ -120,51 +131,57 @@ def test_handshake_goes_from_hello_to_welcome_to_streaming() -> None:
 
 def test_hub_without_identity_accepts_any_warehouse() -> None:
     hub = HubSession(identity=None)
-    welcome = hub.on_hello(hello_for(warehouse="WH-FRA"), known_watermark=0)
+    welcome = hub.on_hello(hello_for(warehouse="WH-FRA"), known=EpochRecord(0))
     assert welcome.snapshot_required is False
     assert hub.warehouse == "WH-FRA"
 
 
-def test_identity_mismatch_raises_permission_error() -> None:
+def test_identity_mismatch_is_wrong_warehouse() -> None:
     hub = HubSession(identity=WH)
-    with pytest.raises(PermissionError, match="WH-FRA"):
-        hub.on_hello(hello_for(warehouse="WH-FRA"), known_watermark=0)
+    with pytest.raises(WrongWarehouse, match="WH-FRA"):
+        hub.on_hello(hello_for(warehouse="WH-FRA"), known=EpochRecord(0))
     assert hub.state is HubState.AWAITING_HELLO
 
 
-@pytest.mark.parametrize("version", [0, PROTOCOL_VERSION + 1])
-def test_protocol_version_mismatch_is_refused(version: int) -> None:
+def test_protocol_version_mismatch_is_refused() -> None:
     hub = HubSession(identity=WH)
-    with pytest.raises(ProtocolError, match=f"protocol version {version}"):
-        hub.on_hello(hello_for(protocol_version=version), known_watermark=0)
+    with pytest.raises(UnsupportedVersion, match=f"protocol version {PROTOCOL_VERSION + 1}"):
+        hub.on_hello(hello_for(protocol_version=PROTOCOL_VERSION + 1), known=EpochRecord(0))
+    assert hub.state is HubState.AWAITING_HELLO
+
+
+def test_protocol_version_must_be_set() -> None:
+    hub = HubSession(identity=WH)
+    with pytest.raises(MalformedMessage, match="must set protocol_version"):
+        hub.on_hello(hello_for(protocol_version=0), known=EpochRecord(0))
     assert hub.state is HubState.AWAITING_HELLO
 
 
 def test_hello_without_epoch_is_refused() -> None:
     with pytest.raises(ProtocolError, match="epoch"):
-        HubSession().on_hello(hello_for(epoch=""), known_watermark=0)
+        HubSession().on_hello(hello_for(epoch=""), known=EpochRecord(0))
 
 
 def test_second_hello_on_one_stream_is_refused() -> None:
     hub = streaming_hub(watermark=5)
-    with pytest.raises(ProtocolError, match="twice"):
-        hub.on_hello(hello_for(high_seq=5), known_watermark=5)
+    with pytest.raises(UnexpectedMessage, match="hello is not allowed while streaming"):
+        hub.on_hello(hello_for(high_seq=5), known=EpochRecord(5))
     assert hub.watermark == 5
 
 
 def test_welcome_outside_connecting_is_refused() -> None:
     agent = AgentSession(window=10, max_batch=5)
-    with pytest.raises(ProtocolError, match="Welcome"):
+    with pytest.raises(UnexpectedMessage, match="welcome while closed"):
         agent.on_welcome(WelcomeInfo(0, False), acked_seq=0)
     agent = streaming_agent(high_seq=5)
-    with pytest.raises(ProtocolError, match="Welcome"):
+    with pytest.raises(UnexpectedMessage, match="welcome while streaming"):
         agent.on_welcome(WelcomeInfo(0, False), acked_seq=0)
 
 
 def test_welcome_watermark_beyond_agent_high_seq_raises() -> None:
     agent = AgentSession(window=10, max_batch=5)
     agent.hello(WH, EPOCH, high_seq=5, acked_seq=5)
-    with pytest.raises(ProtocolError, match=r"seq 6 .* only reaches 5"):
+    with pytest.raises(StoreBehindHub, match=r"seq 6 .* only reaches 5"):
         agent.on_welcome(WelcomeInfo(watermark=6, snapshot_required=False), acked_seq=5)
     assert agent.state is AgentState.CLOSED
     assert agent.next_batch(10) is None
@@ -221,24 +238,25 @@ def test_partially_overlapping_batch_applies_only_the_new_tail(
 
 def test_gap_names_expected_got_and_resume_point() -> None:
     hub = streaming_hub(watermark=10)
-    verdict = hub.on_batch(13, 2)
-    assert verdict == Gap(expected=11, got=13)
-    assert isinstance(verdict, Gap)
-    message = verdict.message()
-    assert "expected seq 11" in message
-    assert "got 13" in message
-    assert "resume from seq 11" in message
+    with pytest.raises(SeqGap) as caught:
+        hub.on_batch(13, 2)
+    gap = caught.value
+    assert (gap.expected, gap.got, gap.status) == (11, 13, Status.FAILED_PRECONDITION)
+    assert "expected seq 11" in gap.detail
+    assert "got 13" in gap.detail
+    assert "resume from seq 11" in gap.detail
+    assert gap.trailers() == (("resume-from-seq", "11"),)
     assert hub.watermark == 10
 
 
 def test_batch_before_hello_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="before Hello"):
+    with pytest.raises(UnexpectedMessage, match="first message must be Hello, not batch"):
         HubSession().on_batch(1, 1)
 
 
 def test_batch_before_requested_snapshot_is_refused() -> None:
     hub = HubSession(identity=WH)
-    assert hub.on_hello(hello_for(high_seq=3), known_watermark=None).snapshot_required
+    assert hub.on_hello(hello_for(high_seq=3), known=None).snapshot_required
     with pytest.raises(ProtocolError, match="snapshot"):
         hub.on_batch(1, 3)
     assert hub.state is HubState.AWAITING_SNAPSHOT
@@ -265,10 +283,10 @@ def test_batch_starting_below_seq_1_is_refused() -> None:
 def test_watermark_moves_only_to_the_end_of_the_batch_being_applied() -> None:
     hub = streaming_hub(watermark=10)
     for seq in (10, 9, 15):  # backwards, or with no Apply verdict at all
-        with pytest.raises(ProtocolError, match="being applied"):
+        with pytest.raises(StocksyncError, match="being applied"):
             hub.on_applied(seq)
     assert hub.on_batch(11, 5) == Apply(skip=0, last_seq=15)
-    with pytest.raises(ProtocolError, match="being applied end at 15"):
+    with pytest.raises(StocksyncError, match="being applied end at 15"):
         hub.on_applied(14)
     assert hub.watermark == 10
     assert hub.on_applied(15) == 15
@@ -276,7 +294,7 @@ def test_watermark_moves_only_to_the_end_of_the_batch_being_applied() -> None:
 
 def test_hub_tracks_agent_lag_from_hello_batches_and_pings() -> None:
     hub = HubSession(identity=WH)
-    hub.on_hello(hello_for(high_seq=20), known_watermark=5)
+    hub.on_hello(hello_for(high_seq=20), known=EpochRecord(5))
     assert hub.lag_events == 15
     hub.on_backlog(30)
     hub.on_backlog(25)  # an older ping never lowers what the agent is known to have
@@ -343,9 +361,9 @@ def test_ack_before_welcome_is_refused() -> None:
 
 def test_sent_range_must_continue_the_stream() -> None:
     agent = streaming_agent(high_seq=20)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(StocksyncError, match="stream is at 0"):
         agent.on_sent(2, 5)
-    with pytest.raises(ProtocolError):
+    with pytest.raises(StocksyncError, match="stream is at 0"):
         agent.on_sent(1, 0)
     agent.on_sent(1, 5)
     assert agent.sent == 5
@@ -405,8 +423,8 @@ def test_lost_ack_then_resume_from_the_hub_watermark() -> None:
     hub = HubSession(identity=WH)
     hello = agent.hello(WH, EPOCH, high_seq=15, acked_seq=0)
     assert hello.acked_seq == 0
-    welcome = hub.on_hello(hello, hub_watermark)
-    assert welcome == WelcomeInfo(watermark=10, snapshot_required=False)
+    welcome = hub.on_hello(hello, EpochRecord(hub_watermark))
+    assert welcome == WelcomeInfo(watermark=10, snapshot_required=False, max_batch_events=5000)
     agent.on_welcome(welcome, acked_seq=0)
     assert agent.acked == 10, "the Welcome watermark acknowledges what the lost ack covered"
     assert send_next(agent, 15) == (11, 15)
@@ -417,7 +435,7 @@ def test_resending_after_reconnect_overlaps_and_is_trimmed() -> None:
     # The agent's old stream sent 1..10 and the hub applied 1..6 before the
     # break; a stale batch 1..10 still in a buffer reaches the new stream.
     hub = HubSession(identity=WH)
-    hub.on_hello(hello_for(high_seq=10), known_watermark=6)
+    hub.on_hello(hello_for(high_seq=10), known=EpochRecord(6))
     assert hub.on_batch(1, 10) == Apply(skip=6, last_seq=10)
 
 
@@ -425,8 +443,8 @@ def test_unknown_epoch_requires_a_snapshot_before_any_batch() -> None:
     agent = AgentSession(window=100, max_batch=10)
     hub = HubSession(identity=WH)
     hello = agent.hello(WH, "new-epoch", high_seq=30, acked_seq=20)
-    welcome = hub.on_hello(hello, known_watermark=None)
-    assert welcome == WelcomeInfo(watermark=0, snapshot_required=True)
+    welcome = hub.on_hello(hello, known=None)
+    assert welcome == WelcomeInfo(watermark=0, snapshot_required=True, max_batch_events=5000)
     assert hub.state is HubState.AWAITING_SNAPSHOT
 
     agent.on_welcome(welcome, acked_seq=20)
@@ -435,7 +453,8 @@ def test_unknown_epoch_requires_a_snapshot_before_any_batch() -> None:
 
     agent.on_snapshot_sent()
     assert agent.next_batch(30) is None
-    hub.on_snapshot(as_of_seq=20)
+    assert hub.on_snapshot_chunk(20, [("SKU-A", 4)], last=False) is None
+    assert hub.on_snapshot_chunk(20, [("SKU-B", -1)], last=True) == [("SKU-A", 4), ("SKU-B", -1)]
     ack = hub.on_snapshot_applied(20)
     assert (ack, hub.state, hub.watermark) == (20, HubState.STREAMING, 20)
 
@@ -483,18 +502,143 @@ def test_snapshot_request_mid_stream_stops_batches_then_resumes_after_it() -> No
 
 
 def test_snapshot_unasked_or_past_agent_high_seq_is_refused() -> None:
-    with pytest.raises(ProtocolError, match="did not ask"):
-        HubSession().on_snapshot(0)  # before Hello
+    with pytest.raises(UnexpectedMessage, match="must be Hello"):
+        HubSession().on_snapshot_chunk(0, [], last=True)  # before Hello
     streaming = streaming_hub(watermark=8)
-    with pytest.raises(ProtocolError, match="did not ask"):
-        streaming.on_snapshot(4)  # mid-stream: would move the watermark back
+    with pytest.raises(UnexpectedMessage, match="snapshot is not allowed while streaming"):
+        streaming.on_snapshot_chunk(4, [], last=True)  # mid-stream: would move the watermark back
     assert streaming.watermark == 8
     hub = HubSession(identity=WH)
-    hub.on_hello(hello_for(high_seq=30), known_watermark=None)
-    with pytest.raises(ProtocolError, match="past the agent's high seq 30"):
-        hub.on_snapshot(31)
+    hub.on_hello(hello_for(high_seq=30), known=None)
+    with pytest.raises(MalformedMessage, match="past the agent's high seq 30"):
+        hub.on_snapshot_chunk(31, [], last=True)
     assert hub.state is HubState.AWAITING_SNAPSHOT
-    hub.on_snapshot(30)
+    assert hub.on_snapshot_chunk(30, [], last=True) == []
+
+
+@pytest.mark.parametrize(
+    ("chunks", "fragment"),
+    [
+        ([[("SKU-A", 1), ("SKU-A", 2)]], "appears twice"),
+        ([[("SKU-A", 1)], [("SKU-A", 2)]], "appears twice"),
+        ([[("bad sku", 1)]], "sku"),
+        ([[("SKU-A", 10**16)]], "out of range"),
+    ],
+)
+def test_bad_snapshot_is_refused(chunks: list[list[tuple[str, int]]], fragment: str) -> None:
+    hub = HubSession(identity=WH, max_snapshot_skus=3)
+    hub.on_hello(hello_for(high_seq=5), known=None)
+    with pytest.raises(MalformedMessage, match=fragment):
+        for i, chunk in enumerate(chunks):
+            hub.on_snapshot_chunk(5, chunk, last=i == len(chunks) - 1)
+
+
+def test_snapshot_chunks_must_agree_and_stay_under_the_limit() -> None:
+    hub = HubSession(identity=WH, max_snapshot_skus=3)
+    hub.on_hello(hello_for(high_seq=5), known=None)
+    hub.on_snapshot_chunk(5, [("A", 1)], last=False)
+    with pytest.raises(MalformedMessage, match="as of seq 4 in a snapshot as of 5"):
+        hub.on_snapshot_chunk(4, [("B", 1)], last=False)
+    hub.on_snapshot_chunk(5, [("B", 1), ("C", 1)], last=False)
+    with pytest.raises(MalformedMessage, match="more than 3 SKUs"):
+        hub.on_snapshot_chunk(5, [("D", 1)], last=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "fragment"),
+    [
+        ({"warehouse": "WH LAX!"}, MalformedMessage, "warehouse id"),
+        ({"warehouse": ""}, MalformedMessage, "warehouse id"),
+        ({"epoch": ""}, MalformedMessage, "no epoch"),
+        ({"epoch": "e" * 65}, MalformedMessage, "1-64"),
+        ({"epoch": "epoch with spaces"}, MalformedMessage, "1-64"),
+        ({"high_seq": 3, "acked_seq": 4}, MalformedMessage, "past its high_seq"),
+    ],
+)
+def test_bad_hello_fields_are_refused(
+    overrides: dict[str, object], error: type[Exception], fragment: str
+) -> None:
+    hub = HubSession(identity=None)
+    with pytest.raises(error, match=fragment):
+        hub.on_hello(hello_for(**overrides), known=None)
+    assert hub.state is HubState.AWAITING_HELLO
+
+
+def test_retired_epoch_is_refused_in_the_core() -> None:
+    hub = HubSession(identity=WH)
+    with pytest.raises(EpochRetired, match="replaced by a newer store"):
+        hub.on_hello(hello_for(high_seq=5), known=EpochRecord(5, current=False))
+    assert hub.state is HubState.AWAITING_HELLO
+
+
+def test_every_violation_carries_one_status() -> None:
+    expected = {
+        MalformedMessage: Status.INVALID_ARGUMENT,
+        UnexpectedMessage: Status.INVALID_ARGUMENT,
+        UnsupportedVersion: Status.FAILED_PRECONDITION,
+        WrongWarehouse: Status.PERMISSION_DENIED,
+        EpochRetired: Status.FAILED_PRECONDITION,
+        SeqGap: Status.FAILED_PRECONDITION,
+        StoreBehindHub: Status.FAILED_PRECONDITION,
+    }
+    for cls, status in expected.items():
+        assert cls.status is status, cls
+        assert issubclass(cls, ProtocolError)
+
+
+@pytest.mark.parametrize("state", list(HubState))
+@pytest.mark.parametrize("kind", ["hello", "batch", "snapshot", "ping", "command_ack", None])
+def test_hub_states_accept_exactly_their_table(state: HubState, kind: str | None) -> None:
+    hub = HubSession()
+    hub.state = state
+    if kind in HUB_ACCEPTS[state]:
+        hub.receive(kind)
+    else:
+        with pytest.raises(UnexpectedMessage):
+            hub.receive(kind)
+
+
+@pytest.mark.parametrize("state", list(AgentState))
+@pytest.mark.parametrize("kind", ["welcome", "ack", "ping", "snapshot_request", "pick", None])
+def test_agent_states_accept_exactly_their_table(state: AgentState, kind: str | None) -> None:
+    agent = AgentSession(window=10, max_batch=5)
+    agent.state = state
+    if kind in AGENT_ACCEPTS[state]:
+        agent.receive(kind)
+    else:
+        with pytest.raises(UnexpectedMessage):
+            agent.receive(kind)
+
+
+# -- batch size: the two ends agree ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "hubs", "limit"), [(1000, 100, 100), (100, 1000, 100), (50, 0, 50)]
+)
+def test_batch_size_is_the_smaller_of_the_two_limits(ours: int, hubs: int, limit: int) -> None:
+    agent = AgentSession(window=5000, max_batch=ours)
+    agent.hello(WH, EPOCH, high_seq=500, acked_seq=0)
+    agent.on_welcome(WelcomeInfo(0, False, max_batch_events=hubs), acked_seq=0)
+    assert agent.batch_limit == limit
+    hub = HubSession(identity=WH, max_batch=hubs or 5000)
+    hub.on_hello(hello_for(high_seq=500), known=EpochRecord(0))
+    sent = 0
+    while (rng := send_next(agent, 500)) is not None:
+        assert rng[1] - rng[0] + 1 <= limit
+        assert isinstance(hub.on_batch(rng[0], rng[1] - rng[0] + 1), Apply)
+        sent = rng[1]
+    assert sent == 500
+
+
+def test_a_new_stream_starts_from_the_configured_batch_size() -> None:
+    agent = AgentSession(window=5000, max_batch=1000)
+    agent.hello(WH, EPOCH, high_seq=10, acked_seq=0)
+    agent.on_welcome(WelcomeInfo(0, False, max_batch_events=10), acked_seq=0)
+    assert agent.batch_limit == 10
+    agent.close()
+    agent.hello(WH, EPOCH, high_seq=10, acked_seq=0)
+    assert agent.batch_limit == 1000
 
 
 # -- property: a lossy link never loses or repeats an event ------------------
@@ -558,7 +702,8 @@ class Simulation:
         """Open a stream: Hello, Welcome and, if asked, a snapshot."""
         self.hub = HubSession(identity=WH, max_batch=self.agent.max_batch)
         hello = self.agent.hello(WH, EPOCH, self.high, self.agent_acked)
-        welcome = self.hub.on_hello(hello, self.watermarks.get(EPOCH))
+        known = self.watermarks.get(EPOCH)
+        welcome = self.hub.on_hello(hello, None if known is None else EpochRecord(known))
         self.agent.on_welcome(welcome, self.agent_acked)
         # The Welcome watermark is durable at the hub: the agent saves it too.
         self.agent_acked = max(self.agent_acked, self.agent.acked)
@@ -590,17 +735,19 @@ class Simulation:
             # A new epoch is only ever seen at the first connection here, so
             # the snapshot is of nothing: it must not claim any seq.
             assert a == len(self.applied) == 0
-            self.hub.on_snapshot(a)
+            assert self.hub.on_snapshot_chunk(a, [], last=True) == []
             self.watermarks[EPOCH] = self.hub.on_snapshot_applied(a)
             self.transmit_to_agent(a, lossy)
             return
-        verdict = self.hub.on_batch(a, b - a + 1)
-        if isinstance(verdict, Gap):
-            assert verdict.expected == self.watermarks[EPOCH] + 1
-            assert verdict.got > verdict.expected
+        try:
+            verdict = self.hub.on_batch(a, b - a + 1)
+        except SeqGap as gap:
+            assert gap.expected == self.watermarks[EPOCH] + 1
+            assert gap.got > gap.expected
             self.gaps += 1
             self.disconnect()
-        elif isinstance(verdict, Duplicate):
+            return
+        if isinstance(verdict, Duplicate):
             assert b <= verdict.ack_seq == self.watermarks[EPOCH]
             self.transmit_to_agent(verdict.ack_seq, lossy)
         else:
@@ -683,9 +830,10 @@ def test_pipelined_batches_are_accepted_before_they_are_durable() -> None:
     assert (hub.accepted, hub.watermark) == (20, 10)
     # A resend of an accepted batch is a duplicate; its ack may only say what is durable.
     assert hub.on_batch(11, 5) == Duplicate(10)
-    assert hub.on_batch(22, 3) == Gap(expected=21, got=22)
+    with pytest.raises(SeqGap, match="expected seq 21, got 22"):
+        hub.on_batch(22, 3)
     # Both commit together: one ack covers them.
     assert hub.on_applied(20) == 20
     assert hub.watermark == 20
-    with pytest.raises(ProtocolError, match="being applied end at none"):
+    with pytest.raises(StocksyncError, match="being applied end at none"):
         hub.on_applied(15)
