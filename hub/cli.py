@@ -11,11 +11,16 @@ from typing import Any
 import click
 import grpc
 
-from stocksync.cli_common import config_option, load_config, run_until_signal, setup_logging
+from stocksync.cli_common import (
+    LazyGroup,
+    config_option,
+    load_config,
+    run_until_signal,
+    setup_logging,
+)
 from stocksync.config import HubConfig
-from stocksync.hub.bench import bench
-from stocksync.hub.demo import demo
-from stocksync.hub.server import Hub
+from stocksync.errors import StocksyncError
+from stocksync.hub.server import Hub, write_ready_file
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
 
 __all__ = ["main"]
@@ -72,7 +77,14 @@ def _channel(target: str, insecure: bool, tls: dict[str, str | None]) -> grpc.Ch
     return grpc.secure_channel(target, creds)
 
 
-@click.group()
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands={
+        # Tools that run stocksync, never loaded by `serve`.
+        "demo": "stocksync.tools.demo:demo",
+        "bench": "stocksync.tools.bench:bench",
+    },
+)
 @click.version_option(package_name="stocksync")
 def main() -> None:
     """The stocksync hub: mirrors every warehouse's stock, serves rooms.
@@ -91,8 +103,14 @@ def main() -> None:
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
 @click.option("--tls-ca", default=None, help="CA (PEM) that signs agents' client certificates.")
 @config_option
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Once serving, write {pid, port} as JSON here (for supervisors and tests).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
-def serve(config_file: str | None, verbose: bool, **flags: Any) -> None:
+def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flags: Any) -> None:
     """Serve agent streams and queries until SIGTERM or Ctrl-C.
 
     Mutual TLS by default (--tls-cert, --tls-key, --tls-ca: every agent
@@ -108,7 +126,7 @@ def serve(config_file: str | None, verbose: bool, **flags: Any) -> None:
     setup_logging(verbose)
     try:
         hub = Hub(config)
-    except Exception as e:  # an unreadable or foreign database file
+    except StocksyncError as e:  # an unreadable or foreign database file
         raise click.ClickException(f"cannot open hub store {config.db}: {e}") from None
 
     async def main_(stop: asyncio.Event) -> None:
@@ -118,6 +136,8 @@ def serve(config_file: str | None, verbose: bool, **flags: Any) -> None:
             await hub.stop()
             raise click.ClickException(str(e)) from None
         click.echo(f"stocksync hub serving on port {hub.port}", err=True)
+        if ready_file:
+            write_ready_file(ready_file, port=hub.port, listen=config.listen)
         await stop.wait()
         await hub.stop()
 
@@ -204,9 +224,6 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
             f"{seen:>10}{i['lag_events']:>9}{i['lag_seconds']:>8.1f}  {i['epoch']}"
         )
 
-
-main.add_command(demo)
-main.add_command(bench)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,40 +1,51 @@
-"""The hub process: a grpc.aio server with the sync, inventory, health and
-reflection services over one store.
+"""The hub process: the composition root.
+
+It wires one store, one writer, the live-stream registry and the gRPC
+services (sync, inventory, health, reflection) into a grpc.aio server::
 
     hub = Hub(HubConfig(listen="127.0.0.1:0", db="hub.db", insecure=True))
     port = await hub.start()
     ...
     await hub.stop()
+
+Nothing here decides a rule: the protocol core, the store and the services do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from stocksync.config import HubConfig
-from stocksync.events import InvalidEvent, validate_sku
-from stocksync.hub.links import LinkRegistry
+from stocksync.hub.grpc_edge import DecodeGuard, enable_reflection
+from stocksync.hub.inventory_service import InventoryServicer
 from stocksync.hub.sqlite_store import SqliteHubStore
 from stocksync.hub.storage import HubStore
+from stocksync.hub.streams import StreamRegistry
 from stocksync.hub.sync_service import SyncServicer
+from stocksync.hub.writer import Writer
 from stocksync.tls import server_credentials
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc, sync_pb2, sync_pb2_grpc
 from stocksync.wire import MAX_MESSAGE_BYTES
 
-__all__ = ["MAX_QUERY_SKUS", "Hub", "InventoryServicer", "server_options"]
+__all__ = ["SERVICE_NAMES", "Hub", "server_options", "write_ready_file"]
 
 log = logging.getLogger("stocksync.hub")
 
-MAX_QUERY_SKUS = 1000
-"""Most SKUs one GetStock may ask for."""
+SERVICE_NAMES = (
+    sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
+    inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
+)
+"""The stocksync services; each has a health status of its own."""
 
 
 def server_options() -> list[tuple[str, Any]]:
@@ -50,98 +61,41 @@ def server_options() -> list[tuple[str, Any]]:
     ]
 
 
-class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
-    """Answers what the hub holds: on_hand per SKU, warehouses and their lag."""
-
-    def __init__(self, store: HubStore, links: LinkRegistry) -> None:
-        self.store = store
-        self.links = links
-
-    async def GetStock(
-        self,
-        request: inventory_pb2.GetStockRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> inventory_pb2.GetStockResponse:
-        """on_hand of each SKU, in total and per warehouse."""
-        skus = list(request.skus)
-        if not skus:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name at least one SKU")
-        if len(skus) > MAX_QUERY_SKUS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_QUERY_SKUS} SKUs per request"
-            )
-        try:
-            for sku in skus:
-                validate_sku(sku)
-        except InvalidEvent as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        on_hand = self.store.on_hand(skus)
-        return inventory_pb2.GetStockResponse(
-            skus=[
-                inventory_pb2.SkuSummary(
-                    sku=sku,
-                    on_hand=sum(on_hand[sku].values()),
-                    warehouses=[
-                        inventory_pb2.WarehouseStock(warehouse=w, on_hand=q)
-                        for w, q in sorted(on_hand[sku].items())
-                    ],
-                )
-                for sku in skus
-            ]
-        )
-
-    async def ListWarehouses(
-        self,
-        request: inventory_pb2.ListWarehousesRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> inventory_pb2.ListWarehousesResponse:
-        """Every warehouse the hub has applied anything from, with its link state."""
-        statuses = []
-        for record in self.store.warehouses():
-            link = self.links.get(record.warehouse)
-            live = link is not None and link.epoch == record.epoch
-            lagging = live and link is not None and link.lag_events > 0
-            statuses.append(
-                inventory_pb2.WarehouseStatus(
-                    warehouse=record.warehouse,
-                    connected=live,
-                    epoch=record.epoch,
-                    watermark=record.watermark,
-                    last_seen_unix_ms=max(record.last_seen_ms, link.last_seen_ms if link else 0),
-                    lag_events=link.lag_events if live and link else 0,
-                    # The age the agent last reported, while anything is still behind.
-                    lag_seconds=link.oldest_pending_age_s if lagging and link else 0.0,
-                    agent_high_seq=link.agent_high_seq if live and link else record.watermark,
-                )
-            )
-        return inventory_pb2.ListWarehousesResponse(warehouses=statuses)
-
-
 class Hub:
-    """A running hub: store, services and server.
+    """A running hub: store, writer, services and server.
 
     Args:
         config: validated hub configuration.
         store: a store to use instead of opening ``config.db`` (another backend).
+
+    Raises:
+        StoreError: if ``config.db`` cannot be opened as a hub store.
     """
 
     def __init__(self, config: HubConfig, store: HubStore | None = None) -> None:
         self.config = config
         self.store: HubStore = store or SqliteHubStore(config.db, config.synchronous)
-        self.links = LinkRegistry()
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
+        self.streams = StreamRegistry()
+        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-reads")
+        self.writer = Writer(self.store)
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
 
     async def start(self) -> int:
-        """Bind and start serving; returns the bound port (useful with port 0)."""
-        server = grpc.aio.server(options=server_options())
+        """Bind and start serving; returns the bound port (useful with port 0).
+
+        Raises:
+            RuntimeError: if the address cannot be bound.
+        """
+        self.writer.start()
+        server = grpc.aio.server(options=server_options(), interceptors=[DecodeGuard()])
         sync_pb2_grpc.add_SyncServiceServicer_to_server(
             SyncServicer(
                 self.store,
-                self.links,
-                self._writer,
+                self.reads,
+                self.writer,
+                self.streams,
                 max_batch_events=self.config.max_batch_events,
                 hello_timeout_s=self.config.hello_timeout_s,
                 ping_interval_s=self.config.ping_interval_s,
@@ -149,16 +103,11 @@ class Hub:
             server,
         )
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
-            InventoryServicer(self.store, self.links), server
+            InventoryServicer(self.store, self.reads, self.streams), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = [
-            sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
-            inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ]
-        reflection.enable_server_reflection(names, server)
+        health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+        enable_reflection([*SERVICE_NAMES, health_name], server)
         if self.config.insecure:
             self.port = server.add_insecure_port(self.config.listen)
         else:
@@ -166,7 +115,7 @@ class Hub:
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         await server.start()
-        for name in ["", *names[:2]]:
+        for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
         log.info("hub listening on port %d (store %s)", self.port, self.config.db)
@@ -178,7 +127,8 @@ class Hub:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self.config.grace_s if grace is None else grace)
             self.server = None
-        self._writer.shutdown(wait=True)
+        await self.writer.close()
+        self.reads.shutdown(wait=True)
         self.store.close()
 
     async def serve_until(self, stop: asyncio.Event) -> None:
@@ -188,3 +138,15 @@ class Hub:
         await stop.wait()
         log.info("stopping after %.0f s", time.monotonic() - started)
         await self.stop()
+
+
+def write_ready_file(path: str | Path, **fields: Any) -> None:
+    """Atomically write ``{"pid": ..., **fields}`` as JSON to ``path``.
+
+    A supervisor or a test waits for the file to learn that the hub serves and
+    on which port (with ``--listen HOST:0``), then asks the health service.
+    """
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), **fields}))
+    tmp.replace(target)

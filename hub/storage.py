@@ -1,40 +1,66 @@
 """What the hub needs from a store, and nothing more.
 
 One module per backend implements :class:`HubStore` (``sqlite_store`` now;
-PostgreSQL later), the shape of litestream's ``ReplicaClient``: the sync
-service and the queries are written against this interface only.
+PostgreSQL later), the shape of litestream's ``ReplicaClient``. The services
+are written against this interface only, and ``tests/test_hub_store.py`` is
+the contract every backend passes unchanged.
+
+Writes happen in transactions on the hub's single writer
+(:class:`stocksync.hub.writer.Writer`): it opens one :meth:`HubStore.transaction`
+for a whole group of commands (one fsync for many batches or reserves) and
+runs each inside a :meth:`WriteTx.savepoint`, so one command's failure undoes
+only that command. Reads may run on another thread at the same time and
+never see half a transaction.
+
+Every failure a backend raises is a :class:`StoreError`, whose text is fit
+for an agent or an operator to read: no raw driver exception text leaves the
+store (the backend logs that once, for the hub's operator).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, Protocol
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stocksync.errors import Status, StocksyncError
+from stocksync.events import EventRow
 
 __all__ = [
-    "EpochRetired",
-    "HubRow",
+    "Applied",
     "HubStore",
     "Source",
+    "SourceRetired",
+    "StoreError",
+    "StoreFull",
     "WarehouseRecord",
     "WatermarkMoved",
+    "WriteTx",
 ]
 
-HubRow = tuple[int, int, str, str, int, int, int, str, str, int, int]
-"""One applied event: (source_id, seq, event_id, sku, kind, quantity, delta,
-reason, reservation_id, as_of_seq, recorded_at_ms)."""
 
-SKU_COLUMN: Final = 3
-DELTA_COLUMN: Final = 6
+class StoreError(StocksyncError):
+    """The hub's store could not do what was asked; nothing of it was applied."""
+
+    status = Status.UNAVAILABLE
 
 
-class WatermarkMoved(Exception):
+class StoreFull(StoreError):
+    """The disk under the hub's store is full."""
+
+
+class WatermarkMoved(StoreError):
     """The stored watermark is not where the stream thought: another stream
     applied events for this (warehouse, epoch) in between. Nothing was applied."""
 
+    status = Status.ABORTED
 
-class EpochRetired(Exception):
+
+class SourceRetired(StoreError):
     """The (warehouse, epoch) was replaced by a newer store and may not write."""
+
+    status = Status.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +76,17 @@ class Source:
 
 
 @dataclass(frozen=True, slots=True)
+class Applied:
+    """What one applied batch changed."""
+
+    watermark: int
+    """The source's new watermark: the last applied seq."""
+    net: dict[str, int] = field(default_factory=dict)
+    """The net change of on_hand per SKU at the batch's warehouse (SKUs whose
+    events cancelled out are listed with 0)."""
+
+
+@dataclass(frozen=True, slots=True)
 class WarehouseRecord:
     """The durable part of a warehouse's status."""
 
@@ -59,11 +96,23 @@ class WarehouseRecord:
     last_seen_ms: int
 
 
-class HubStore(Protocol):
-    """The hub's durable state: watermarks, the applied-event log, on_hand."""
+class WriteTx(Protocol):
+    """The writes of one transaction (used by the writer thread only)."""
 
-    def source(self, warehouse: str, epoch: str) -> Source | None:
-        """The stored state of (warehouse, epoch), or None if never seen."""
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested scope: an exception inside undoes only what it did."""
+        ...
+
+    def apply_batch(
+        self, source: Source, expected_watermark: int, rows: Sequence[EventRow], seen_ms: int
+    ) -> Applied:
+        """Log ``rows`` (contiguous, first seq = ``expected_watermark`` + 1),
+        add their deltas to on_hand and move the watermark to the last seq.
+
+        Raises:
+            WatermarkMoved: if the stored watermark is not ``expected_watermark``.
+            SourceRetired: if the source is no longer the warehouse's current one.
+        """
         ...
 
     def apply_snapshot(
@@ -74,20 +123,25 @@ class HubStore(Protocol):
         stock: Sequence[tuple[str, int]],
         seen_ms: int,
     ) -> Source:
-        """Atomically replace the warehouse's on_hand with ``stock`` and make
-        (warehouse, epoch) its current epoch with watermark ``as_of_seq``."""
+        """Replace the warehouse's on_hand with ``stock`` and make (warehouse,
+        epoch) its current epoch with watermark ``as_of_seq``."""
         ...
 
-    def apply_batch(
-        self, source: Source, expected_watermark: int, rows: Sequence[HubRow], seen_ms: int
-    ) -> int:
-        """Apply events in one transaction and move the watermark to the
-        last row's seq; returns it.
+
+class HubStore(Protocol):
+    """The hub's durable state: watermarks, the applied-event log, on_hand."""
+
+    def transaction(self) -> AbstractContextManager[WriteTx]:
+        """One write transaction: committed when the block ends, rolled back
+        (and the error raised as a :class:`StoreError`) if it raises.
 
         Raises:
-            WatermarkMoved: if the stored watermark is not ``expected_watermark``.
-            EpochRetired: if the source is no longer the warehouse's current one.
+            StoreError: if the transaction cannot begin or commit.
         """
+        ...
+
+    def source(self, warehouse: str, epoch: str) -> Source | None:
+        """The stored state of (warehouse, epoch), or None if never seen."""
         ...
 
     def on_hand(self, skus: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -1,7 +1,7 @@
 """The hub's live view of its agents' streams: one per warehouse.
 
 A new stream for a warehouse supersedes the one it holds; the old stream's
-handler sees :attr:`Link.superseded` set and ends with ABORTED. Kept in
+handler sees :attr:`AgentStream.superseded` set and ends with ABORTED. Kept in
 memory only: after a hub restart every agent reconnects and says Hello.
 """
 
@@ -11,12 +11,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
-__all__ = ["Link", "LinkRegistry"]
+__all__ = ["AgentStream", "StreamRegistry"]
 
 
 @dataclass(eq=False)
-class Link:
-    """One agent stream, as the hub sees it now."""
+class AgentStream:
+    """One agent's live stream, as the hub sees it now."""
 
     warehouse: str
     epoch: str
@@ -39,29 +39,29 @@ class Link:
         return max(0, self.agent_high_seq - self.watermark)
 
 
-class LinkRegistry:
+class StreamRegistry:
     """Which stream speaks for which warehouse."""
 
     def __init__(self) -> None:
-        self._links: dict[str, Link] = {}
+        self._streams: dict[str, AgentStream] = {}
 
-    def attach(self, link: Link) -> Link | None:
-        """Make ``link`` the warehouse's stream; returns the one it superseded."""
-        old = self._links.get(link.warehouse)
-        self._links[link.warehouse] = link
+    def attach(self, stream: AgentStream) -> AgentStream | None:
+        """Make ``stream`` the warehouse's stream; returns the one it superseded."""
+        old = self._streams.get(stream.warehouse)
+        self._streams[stream.warehouse] = stream
         if old is not None:
             old.superseded.set()
         return old
 
-    def detach(self, link: Link) -> None:
-        """Forget ``link`` if it is still the warehouse's stream."""
-        if self._links.get(link.warehouse) is link:
-            del self._links[link.warehouse]
+    def detach(self, stream: AgentStream) -> None:
+        """Forget ``stream`` if it is still the warehouse's stream."""
+        if self._streams.get(stream.warehouse) is stream:
+            del self._streams[stream.warehouse]
 
-    def get(self, warehouse: str) -> Link | None:
+    def get(self, warehouse: str) -> AgentStream | None:
         """The warehouse's live stream, if any."""
-        return self._links.get(warehouse)
+        return self._streams.get(warehouse)
 
-    def all(self) -> list[Link]:
+    def all(self) -> list[AgentStream]:
         """Every live stream."""
-        return list(self._links.values())
+        return list(self._streams.values())

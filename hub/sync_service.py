@@ -1,10 +1,14 @@
 """The gRPC adapter around the hub's protocol core (``SyncService.Sync``).
 
-Each agent stream runs one :class:`~stocksync.protocol.HubSession`; this
-module only moves messages between it, the network and the store, and maps
-domain errors to gRPC status codes with a detail naming what was wrong.
-Batches are applied on one writer thread (SQLite has one writer anyway), so
-the event loop keeps reading the network while a commit waits for its fsync.
+Each agent stream runs one :class:`~stocksync.protocol.HubSession`. This
+module only moves messages between it, the network and the store: the core
+decides what is allowed, the :class:`~stocksync.hub.writer.Writer` makes it
+durable, and any domain error ends the stream through the one status table
+of :mod:`stocksync.hub.grpc_edge`.
+
+Batches are pipelined: while one waits in the writer for its fsync, the next
+is read, checked and queued; acks follow the commits in order and only ever
+cover what is durable.
 """
 
 from __future__ import annotations
@@ -12,25 +16,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import Any, NoReturn
+from typing import Any, TypeVar
 
 import grpc
 
 from stocksync import wire
-from stocksync.events import InvalidEvent, check_fields, validate_warehouse
-from stocksync.hub.links import Link, LinkRegistry
-from stocksync.hub.storage import EpochRetired, HubRow, HubStore, Source, WatermarkMoved
-from stocksync.protocol import PROTOCOL_VERSION, Apply, Duplicate, HubSession, ProtocolError
+from stocksync.errors import StocksyncError
+from stocksync.events import EventRow
+from stocksync.hub.grpc_edge import Undecodable, abort
+from stocksync.hub.storage import Applied, HubStore, Source
+from stocksync.hub.streams import AgentStream, StreamRegistry
+from stocksync.hub.writer import Writer
+from stocksync.protocol import Apply, HubSession, MalformedMessage, Superseded, TimedOut
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
-__all__ = ["MAX_SNAPSHOT_SKUS", "SyncServicer"]
+__all__ = ["MAX_QUEUED_BATCHES", "SyncServicer"]
 
 log = logging.getLogger("stocksync.hub.sync")
 
-MAX_SNAPSHOT_SKUS = 2_000_000
-"""A snapshot with more SKUs than this is refused (memory bound)."""
+MAX_QUEUED_BATCHES = 64
+"""Batches of one stream accepted but not yet durable; past this the stream
+stops reading and HTTP/2 flow control holds the agent back."""
+
+T = TypeVar("T")
 
 
 def _now_ms() -> int:
@@ -41,93 +51,118 @@ class _StreamEnded(Exception):
     """The agent closed its side."""
 
 
-MAX_QUEUED_BATCHES = 64
-"""Accepted batches waiting for the store, per stream; past this the stream
-stops reading and HTTP/2 flow control holds the agent back."""
+class _Pipeline:
+    """Commits one stream's accepted batches in order and acknowledges each commit.
 
-
-class _Applier:
-    """Commits one stream's accepted batches in order and acks each commit.
-
-    Batches that queue up while a commit waits for its fsync are committed
-    together in the next transaction (group commit); the ack then covers all
-    of them. Reading and checking the next batch overlaps the commit, and
-    nothing is acknowledged before it is durable.
+    One command of this stream is in the writer at a time; batches accepted
+    meanwhile are buffered and go in as **one** command when it is done (they
+    are contiguous), so a catching-up agent costs one log insert and one
+    upsert per distinct SKU per commit, not per batch. The writer groups that
+    command with other streams' and reserves into one transaction. Nothing is
+    acknowledged before it is durable; one Ack covers everything committed.
     """
 
     def __init__(
         self,
-        store: HubStore,
-        writer: Executor,
         session: HubSession,
-        link: Link,
+        stream: AgentStream,
         out: wire.SerialWriter,
-        source: Source | None,
+        submit: Callable[[list[EventRow]], asyncio.Future[Applied]],
     ) -> None:
-        self.store, self.writer, self.session, self.link, self.out = (
-            store,
-            writer,
-            session,
-            link,
-            out,
-        )
-        self.source = source
-        self.queue: asyncio.Queue[list[HubRow]] = asyncio.Queue(MAX_QUEUED_BATCHES)
+        self.session, self.stream, self.out, self._submit = session, stream, out, submit
+        self._buffer: list[EventRow] = []
+        self._buffered_last = 0
+        self._in_flight: asyncio.Future[Applied] | None = None
+        self._in_flight_last = 0
+        self._batches = 0
+        self._reack = False
+        self._changed = asyncio.Event()
+        self._progress = asyncio.Event()
         self.task = asyncio.ensure_future(self._run())
 
-    async def submit(self, rows: list[HubRow]) -> None:
-        """Queue a batch's rows; an empty list asks for an ack only (a duplicate).
+    @property
+    def full(self) -> bool:
+        """Too many batches are waiting: stop reading until some are durable."""
+        return self._batches >= MAX_QUEUED_BATCHES
 
-        Waits while the queue is full, but not for a commit that failed: the
-        stream's loop sees :attr:`task` end and closes the stream.
-        """
-        if not self.queue.full():
-            self.queue.put_nowait(rows)
-            return
-        put = asyncio.ensure_future(self.queue.put(rows))
-        await asyncio.wait({put, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        put.cancel()
+    @property
+    def idle(self) -> bool:
+        """Nothing accepted is waiting to be made durable or acknowledged."""
+        return self._in_flight is None and not self._buffer and not self._reack
+
+    def add(self, rows: list[EventRow], last_seq: int) -> None:
+        """Make ``rows`` (ending at ``last_seq``) durable, then ack them."""
+        self._buffer.extend(rows)
+        self._buffered_last = last_seq
+        self._batches += 1
+        self._changed.set()
+
+    def reack(self) -> None:
+        """A duplicate: ack what is durable, after whatever is pending."""
+        self._reack = True
+        self._changed.set()
+
+    async def wait(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds after an ack, or the pipeline ends
+        (a failed commit: the stream's loop raises its error)."""
+        while not condition() and not self.task.done():
+            self._progress.clear()
+            progress = asyncio.ensure_future(self._progress.wait())
+            await asyncio.wait({progress, self.task}, return_when=asyncio.FIRST_COMPLETED)
+            progress.cancel()
 
     async def drained(self) -> None:
-        """Wait until everything queued is committed and acknowledged."""
-        joined = asyncio.ensure_future(self.queue.join())
-        await asyncio.wait({joined, self.task}, return_when=asyncio.FIRST_COMPLETED)
-        joined.cancel()
+        """Wait until everything accepted is durable and acknowledged."""
+        await self.wait(lambda: self.idle)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batches = [await self.queue.get()]
-            while not self.queue.empty():
-                batches.append(self.queue.get_nowait())
-            try:
-                rows = [row for batch in batches for row in batch]
-                if rows:
-                    assert self.source is not None  # STREAMING implies a known source
-                    last = await loop.run_in_executor(
-                        self.writer,
-                        self.store.apply_batch,
-                        self.source,
-                        self.session.watermark,
-                        rows,
-                        _now_ms(),
-                    )
-                    self.link.watermark = self.session.on_applied(last)
-                ack = sync_pb2.Ack(up_to_seq=self.session.watermark)
-                await self.out.write(sync_pb2.SyncResponse(ack=ack))
-            finally:
-                for _ in batches:
-                    self.queue.task_done()
+            if self._in_flight is None and self._buffer:
+                self._start_commit()
+            if self._in_flight is not None:
+                await asyncio.shield(self._in_flight)  # a store error ends the stream
+                self.session.on_applied(self._in_flight_last)
+                self._in_flight = None
+                if self._buffer:
+                    self._start_commit()  # before the ack: the writer never waits on us
+                self._reack = False  # this ack re-acks any duplicate too
+            elif self._reack:
+                self._reack = False
+            else:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            self.stream.watermark = self.session.watermark
+            await self.out.write(
+                sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=self.session.watermark))
+            )
+            self._progress.set()
+
+    def _start_commit(self) -> None:
+        rows, self._buffer = self._buffer, []
+        self._in_flight_last, self._batches = self._buffered_last, 0
+        self._in_flight = self._submit(rows)
+
+    def discard(self) -> None:
+        """The stream is over: a commit still in the writer stands, unheard."""
+        if self._in_flight is not None:
+            self._in_flight.add_done_callback(_retrieve)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     """Serves agent streams.
 
     Args:
-        store: the hub's durable state.
-        links: the live streams, shared with the inventory service.
-        writer: a single-thread executor for store writes.
-        max_batch_events: largest batch accepted.
+        store: the hub's durable state (read here, off the event loop).
+        reads: the executor for store reads.
+        writer: the hub's single writer.
+        streams: the live streams, shared with the inventory service.
+        max_batch_events: largest batch accepted; sent in every Welcome.
         hello_timeout_s: how long a new stream may take to say Hello.
         ping_interval_s: how often the hub pings an idle agent.
     """
@@ -135,18 +170,23 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     def __init__(
         self,
         store: HubStore,
-        links: LinkRegistry,
-        writer: Executor,
+        reads: Executor,
+        writer: Writer,
+        streams: StreamRegistry,
         max_batch_events: int = 5000,
         hello_timeout_s: float = 10.0,
         ping_interval_s: float = 15.0,
     ) -> None:
         self.store = store
-        self.links = links
+        self.reads = reads
         self.writer = writer
+        self.streams = streams
         self.max_batch_events = max_batch_events
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
+
+    async def _read_store(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.reads, fn, *args)
 
     async def Sync(
         self,
@@ -154,18 +194,26 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         context: grpc.aio.ServicerContext[sync_pb2.SyncRequest, sync_pb2.SyncResponse],
     ) -> None:
         """One agent stream: Hello, then batches, snapshots and pings."""
+        try:
+            await self._sync(context)
+        except StocksyncError as e:
+            await abort(context, e)
+
+    async def _sync(self, context: Any) -> None:
         session = HubSession(identity=_identity(context), max_batch=self.max_batch_events)
         try:
             async with asyncio.timeout(self.hello_timeout_s):
                 first = await _read(context)
         except TimeoutError:
-            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello received in time")
+            raise TimedOut(f"no Hello received within {self.hello_timeout_s:g} s") from None
         except _StreamEnded:
             return
-        if first.WhichOneof("message") != "hello":
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "first message must be Hello")
-        source, welcome = await self._handshake(session, first.hello, context)
-        link = Link(
+        session.receive(first.WhichOneof("message"))
+        hello = wire.hello_info(first.hello)
+        session.check_hello(hello)  # before the store is asked anything
+        source = await self._read_store(self.store.source, hello.warehouse, hello.epoch)
+        welcome = session.on_hello(hello, source)
+        stream = AgentStream(
             warehouse=session.warehouse,
             epoch=session.epoch,
             peer=context.peer(),
@@ -173,191 +221,120 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             watermark=session.watermark,
             agent_high_seq=session.agent_high_seq,
         )
-        link.seen()
-        if self.links.attach(link) is not None:
-            log.info("%s: new stream from %s supersedes the old one", link.warehouse, link.peer)
+        stream.seen()
+        if self.streams.attach(stream) is not None:
+            log.info("%s: new stream from %s supersedes the old one", stream.warehouse, stream.peer)
         log.info(
             "%s: connected epoch=%s watermark=%d snapshot=%s",
-            link.warehouse,
-            link.epoch,
+            stream.warehouse,
+            stream.epoch,
             welcome.watermark,
             welcome.snapshot_required,
         )
         out = wire.SerialWriter(context)
         try:
-            await out.write(sync_pb2.SyncResponse(welcome=welcome))
-            await self._serve(session, source, link, context, out)
+            await out.write(wire.welcome_message(welcome))
+            await self._serve(session, source, stream, context, out)
         finally:
-            self.links.detach(link)
-            log.info("%s: stream closed", link.warehouse)
-
-    async def _handshake(
-        self, session: HubSession, hello: sync_pb2.Hello, context: Any
-    ) -> tuple[Source | None, sync_pb2.Welcome]:
-        try:
-            validate_warehouse(hello.warehouse)
-        except InvalidEvent as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        if not hello.epoch or len(hello.epoch) > 64:
-            await _abort(
-                context, grpc.StatusCode.INVALID_ARGUMENT, "Hello epoch must be 1-64 chars"
-            )
-        source = self.store.source(hello.warehouse, hello.epoch)
-        if source is not None and not source.current:
-            await _abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"epoch {hello.epoch} of {hello.warehouse} was replaced by a newer store; "
-                "this store may no longer send events",
-            )
-        try:
-            info = session.on_hello(
-                wire.hello_info(hello), None if source is None else source.watermark
-            )
-        except PermissionError as e:
-            await _abort(context, grpc.StatusCode.PERMISSION_DENIED, str(e))
-        except ProtocolError as e:
-            await _abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(e))
-        return source, sync_pb2.Welcome(
-            watermark=info.watermark,
-            snapshot_required=info.snapshot_required,
-            protocol_version=PROTOCOL_VERSION,
-            max_batch_events=self.max_batch_events,
-        )
+            self.streams.detach(stream)
+            log.info("%s: stream closed", stream.warehouse)
 
     async def _serve(
         self,
         session: HubSession,
         source: Source | None,
-        link: Link,
+        stream: AgentStream,
         context: Any,
         out: wire.SerialWriter,
     ) -> None:
-        snapshot: list[tuple[str, int]] = []
-        applier = _Applier(self.store, self.writer, session, link, out, source)
-        superseded = asyncio.ensure_future(link.superseded.wait())
+        def submit(rows: list[EventRow]) -> asyncio.Future[Applied]:
+            assert source is not None  # STREAMING implies a known source
+            known, expected, seen = source, rows[0].seq - 1, _now_ms()
+            return self.writer.submit(lambda tx: tx.apply_batch(known, expected, rows, seen))
+
+        pipeline = _Pipeline(session, stream, out, submit)
+        superseded = asyncio.ensure_future(stream.superseded.wait())
         pinger = asyncio.ensure_future(self._ping(out))
         reading: asyncio.Future[sync_pb2.SyncRequest] | None = None
         try:
             while True:
+                if pipeline.full:
+                    await pipeline.wait(lambda: not pipeline.full)
                 reading = asyncio.ensure_future(_read(context))
                 done, _ = await asyncio.wait(
-                    {reading, superseded, applier.task}, return_when=asyncio.FIRST_COMPLETED
+                    {reading, superseded, pipeline.task}, return_when=asyncio.FIRST_COMPLETED
                 )
-                if applier.task in done:
-                    await _store_failed(context, link, applier.task)
+                if pipeline.task in done:
+                    pipeline.task.result()  # a failed commit: its error ends the stream
                 if reading not in done:
-                    await _abort(
-                        context,
-                        grpc.StatusCode.ABORTED,
-                        f"superseded: a newer stream for {link.warehouse} took over",
-                    )
+                    raise Superseded(f"superseded: a newer stream for {stream.warehouse} took over")
                 try:
                     msg = reading.result()
                 except _StreamEnded:
-                    await applier.drained()  # what arrived is valid: make it durable
+                    await pipeline.drained()  # what arrived is valid: make it durable
+                    if pipeline.task.done():
+                        pipeline.task.result()
                     return
-                link.seen()
+                stream.seen()
                 kind = msg.WhichOneof("message")
+                session.receive(kind)
                 if kind == "batch":
-                    await self._on_batch(session, applier, link, msg.batch, context)
+                    self._on_batch(session, pipeline, stream, msg.batch)
                 elif kind == "snapshot":
-                    snapshot.extend((s.sku, s.on_hand) for s in msg.snapshot.stock)
-                    if len(snapshot) > MAX_SNAPSHOT_SKUS:
-                        await _abort(
-                            context,
-                            grpc.StatusCode.INVALID_ARGUMENT,
-                            f"snapshot has more than {MAX_SNAPSHOT_SKUS} SKUs",
-                        )
-                    if msg.snapshot.last:
-                        await applier.drained()
-                        applier.source = await self._on_snapshot(
-                            session, link, msg.snapshot.as_of_seq, snapshot, context, out
-                        )
-                        snapshot = []
+                    chunk = msg.snapshot
+                    stock = session.on_snapshot_chunk(
+                        chunk.as_of_seq, [(s.sku, s.on_hand) for s in chunk.stock], chunk.last
+                    )
+                    if stock is not None:
+                        source = await self._on_snapshot(session, pipeline, stream, stock, out)
                 elif kind == "ping":
                     backlog = msg.ping.backlog
                     session.on_backlog(backlog.high_seq)
-                    link.agent_high_seq = session.agent_high_seq
-                    link.oldest_pending_age_s = backlog.oldest_pending_age_ms / 1000
+                    stream.agent_high_seq = session.agent_high_seq
+                    stream.oldest_pending_age_s = backlog.oldest_pending_age_ms / 1000
                     if msg.ping.sent_at_unix_ms:
-                        link.clock_skew_s = (msg.ping.sent_at_unix_ms - _now_ms()) / 1000
+                        stream.clock_skew_s = (msg.ping.sent_at_unix_ms - _now_ms()) / 1000
                 elif kind == "command_ack":
-                    log.debug("%s: command %s acknowledged", link.warehouse, msg.command_ack)
-                else:
-                    await _abort(
-                        context, grpc.StatusCode.INVALID_ARGUMENT, f"unexpected message {kind!r}"
-                    )
+                    log.debug("%s: command %s acknowledged", stream.warehouse, msg.command_ack)
         finally:
-            for task in (superseded, pinger, applier.task, reading):
+            pipeline.discard()
+            for task in (superseded, pinger, pipeline.task, reading):
                 if task is not None:
                     task.cancel()
                     if task.done() and not task.cancelled():
                         task.exception()  # retrieved: the stream is over either way
 
-    async def _on_batch(
+    def _on_batch(
         self,
         session: HubSession,
-        applier: _Applier,
-        link: Link,
+        pipeline: _Pipeline,
+        stream: AgentStream,
         batch: sync_pb2.Batch,
-        context: Any,
     ) -> None:
-        try:
-            verdict = session.on_batch(batch.first_seq, len(batch.events))
-        except ProtocolError as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
-        link.agent_high_seq = session.agent_high_seq
-        if isinstance(verdict, Duplicate):
-            await applier.submit([])  # re-ack, in order with the commits before it
-            return
-        if not isinstance(verdict, Apply):
-            await _abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                verdict.message(),
-                (("resume-from-seq", str(verdict.expected)),),
-            )
-        assert applier.source is not None  # STREAMING implies a known source
-        try:
-            rows = wire.batch_rows(applier.source.source_id, batch, verdict.skip)
-        except InvalidEvent as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"batch refused: {e}")
-        await applier.submit(rows)
+        verdict = session.on_batch(batch.first_seq, len(batch.events))
+        stream.agent_high_seq = session.agent_high_seq
+        if isinstance(verdict, Apply):
+            pipeline.add(wire.batch_rows(batch, verdict.skip), verdict.last_seq)
+        else:
+            pipeline.reack()  # a duplicate: re-ack, in order with the commits before it
 
     async def _on_snapshot(
         self,
         session: HubSession,
-        link: Link,
-        as_of_seq: int,
+        pipeline: _Pipeline,
+        stream: AgentStream,
         stock: list[tuple[str, int]],
-        context: Any,
         out: wire.SerialWriter,
     ) -> Source:
-        try:
-            session.on_snapshot(as_of_seq)
-            seen: set[str] = set()
-            for sku, _ in stock:
-                check_fields(sku, 1, 1, "", "", False)
-                if sku in seen:
-                    raise InvalidEvent(f"sku {sku} appears twice")
-                seen.add(sku)
-        except (ProtocolError, InvalidEvent) as e:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"snapshot refused: {e}")
-        source = await asyncio.get_running_loop().run_in_executor(
-            self.writer,
-            self.store.apply_snapshot,
-            session.warehouse,
-            session.epoch,
-            as_of_seq,
-            stock,
-            _now_ms(),
+        await pipeline.drained()
+        as_of = session.snapshot_as_of
+        warehouse, epoch, seen = session.warehouse, session.epoch, _now_ms()
+        source = await self.writer.write(
+            lambda tx: tx.apply_snapshot(warehouse, epoch, as_of, stock, seen)
         )
-        link.watermark = session.on_snapshot_applied(as_of_seq)
-        log.info(
-            "%s: snapshot of %d SKUs as of seq %d applied", link.warehouse, len(stock), as_of_seq
-        )
-        await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=as_of_seq)))
+        stream.watermark = session.on_snapshot_applied(as_of)
+        log.info("%s: snapshot of %d SKUs as of seq %d applied", warehouse, len(stock), as_of)
+        await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=as_of)))
         return source
 
     async def _ping(self, out: wire.SerialWriter) -> None:
@@ -377,26 +354,6 @@ async def _read(context: Any) -> sync_pb2.SyncRequest:
     msg = await context.read()
     if msg is grpc.aio.EOF:
         raise _StreamEnded
+    if isinstance(msg, Undecodable):
+        raise MalformedMessage(msg.detail)
     return msg  # type: ignore[no-any-return]  # context is Any: read() gives EOF | request
-
-
-async def _store_failed(context: Any, link: Link, applier: asyncio.Future[None]) -> NoReturn:
-    """End the stream for a failed commit; nothing of it was applied."""
-    error = applier.exception()
-    if isinstance(error, WatermarkMoved | EpochRetired):
-        await _abort(context, grpc.StatusCode.ABORTED, str(error))
-    log.error("%s: applying a batch failed", link.warehouse, exc_info=error)
-    await _abort(context, grpc.StatusCode.UNAVAILABLE, f"hub store failed: {error}")
-
-
-async def _abort(
-    context: Any,
-    code: grpc.StatusCode,
-    detail: str,
-    trailing: tuple[tuple[str, str], ...] = (),
-) -> NoReturn:
-    log.warning("stream from %s ended: %s: %s", context.peer(), code.name, detail)
-    if trailing:
-        context.set_trailing_metadata(trailing)
-    await context.abort(code, detail)
-    raise AssertionError("unreachable")  # context.abort raises

@@ -644,3 +644,97 @@ def test_list_warehouses(hub: HubProcess, channel: grpc.Channel, wh: str) -> Non
 
     wait_until(lambda: not status_of().connected, 10, "the hub to see the stream closed")
     assert status_of().watermark == 5
+
+
+def test_reflection_v1_answers_like_v1alpha(channel: grpc.Channel) -> None:
+    """grpcurl and newer clients ask ``grpc.reflection.v1`` first."""
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    call = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="stocksync.v1.InventoryService"
+        ),
+    ]
+    listing, found = list(call(iter(requests), timeout=10))
+    names = {s.name for s in listing.list_services_response.service}
+    assert {
+        "stocksync.v1.SyncService",
+        "stocksync.v1.InventoryService",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    assert found.file_descriptor_response.file_descriptor_proto
+
+
+GARBAGE = b"\xff\xff\xff\x01 not a protobuf message"
+
+
+def test_a_request_that_is_not_protobuf_is_invalid_argument(channel: grpc.Channel) -> None:
+    unary = channel.unary_unary("/stocksync.v1.InventoryService/GetStock")
+    with pytest.raises(grpc.RpcError) as info:
+        unary(GARBAGE, timeout=10)
+    err: Any = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "request is not a valid stocksync.v1.GetStockRequest message"
+
+    stream = channel.stream_stream("/stocksync.v1.SyncService/Sync")
+    with pytest.raises(grpc.RpcError) as info:
+        list(stream(iter([GARBAGE]), timeout=10))
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details() == "request is not a valid stocksync.v1.SyncRequest message"
+
+
+def test_garbage_mid_stream_ends_it_and_applies_nothing(
+    hub: HubProcess, channel: grpc.Channel, wh: str
+) -> None:
+    establish(channel, wh).close()
+    before = dump(hub.db)
+    requests: queue.Queue[bytes | None] = queue.Queue()
+    stream = channel.stream_stream("/stocksync.v1.SyncService/Sync")
+    call = stream(iter(requests.get, None), timeout=10)
+    requests.put(sync_pb2.SyncRequest(hello=hello(wh, high_seq=6)).SerializeToString())
+    welcome = sync_pb2.SyncResponse.FromString(next(call))
+    assert welcome.welcome.watermark == 5
+    requests.put(GARBAGE)
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert dump(hub.db) == before
+
+
+def test_welcome_states_the_batch_limit_and_a_larger_batch_is_refused(
+    tmp_path: Path, wh: str
+) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text("max_batch_events = 3\n")
+    small = HubProcess(tmp_path / "hub.db", tmp_path / "hub.log", 0, "--config", str(config))
+    small.start()
+    try:
+        with grpc.insecure_channel(small.target) as ch:
+            s = RawStream(ch)
+            s.send(hello=hello(wh, high_seq=4))
+            w = s.welcome()
+            assert w.max_batch_events == 3
+            s.send(snapshot=sync_pb2.SnapshotChunk(as_of_seq=0, last=True))
+            assert s.ack() == 0
+            s.send(batch=batch(event(1), event(2), event(3), event(4)))
+            err = s.error()
+            assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "batch of 4 events exceeds the limit of 3" in err.details()
+    finally:
+        small.kill()
+
+
+def test_hello_with_protocol_version_zero_is_refused(channel: grpc.Channel, wh: str) -> None:
+    s = RawStream(channel)
+    s.send(hello=hello(wh, protocol_version=0))
+    err = s.error()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "protocol_version" in err.details()
