@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from stocksync.agent.link import AgentLink
-from stocksync.agent.store import AgentStore, StoreError, parse_events_csv
+from stocksync.agent.store import AgentStore, StoreError, parse_events_csv, status_info
 from stocksync.cli_common import config_option, load_config, run_until_signal, setup_logging
 from stocksync.config import AgentConfig
 from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
@@ -230,21 +230,11 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
         store.close()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @main.command()
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def status(db: str, as_json: bool) -> None:
-    """Show the store's warehouse, epoch, link and backlog.
+    """Show the store's warehouse, epoch, daemon, backlog and last hub error.
 
     Example:
 
@@ -253,31 +243,30 @@ def status(db: str, as_json: bool) -> None:
     if not Path(db).exists():
         raise click.ClickException(f"no agent store at {db}")
     with _open(db) as store:
-        link = store.link()
-        backlog = store.backlog()
-        info = {
-            "warehouse": store.warehouse,
-            "epoch": store.epoch,
-            "connected": bool(link.get("connected")) and _pid_alive(int(link.get("pid", 0))),
-            "hub": link.get("hub"),
-            "high_seq": backlog.high_seq,
-            "hub_watermark": backlog.acked_seq,
-            "pending": backlog.pending,
-            "oldest_pending_age_s": backlog.oldest_pending_age_s,
-        }
+        try:
+            info = status_info(store)
+        except StoreError as e:
+            raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(info))
         return
     age = info["oldest_pending_age_s"]
+    error = "-"
+    if info["last_error"]:
+        ago = max(0.0, (time.time_ns() // 1_000_000 - info["last_error_unix_ms"]) / 1000)
+        error = f"{info['last_error']} ({ago:.0f} s ago)"
+    pid = info["daemon_pid"]
     lines = [
         ("warehouse", info["warehouse"] or "(not yet run)"),
         ("epoch", info["epoch"]),
+        ("daemon", f"running (pid {pid})" if pid else "not running"),
         ("connected", "yes" if info["connected"] else "no"),
         ("hub", info["hub"] or "-"),
         ("local high seq", info["high_seq"]),
         ("hub watermark", info["hub_watermark"]),
         ("pending events", info["pending"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
+        ("last error", error),
     ]
     for label, value in lines:
         click.echo(f"{label:<16}{value}")

@@ -6,6 +6,19 @@ exponential backoff and full jitter (tenacity) whenever the stream fails. On
 each new stream it resumes from the hub's Welcome watermark, so an event that
 was in flight when the link broke is simply sent again and the hub drops the
 duplicate.
+
+The event loop never waits on SQLite's write lock: the daemon's own writes
+(the acked watermark, its state for ``status``) go through a second
+connection on a bookkeeping thread, so an ``import`` holding the lock for
+seconds cannot freeze the stream. A failed bookkeeping write is logged once
+and retried; it never ends the daemon.
+
+Backoff: attempts that fail — the hub unreachable, a refusal, a stream that
+breaks before it got anywhere — wait longer each time, up to
+``backoff_max_s``. Only a stream that made progress (an ack moved the
+watermark, or it stayed up for ``backoff_max_s``) starts the backoff afresh,
+so a setting the hub refuses never turns into a hot retry loop; the refusal
+is logged once per attempt and shown by ``stocksync-agent status``.
 """
 
 from __future__ import annotations
@@ -16,6 +29,7 @@ import logging
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -28,9 +42,9 @@ from tenacity import (
 )
 
 from stocksync import wire
-from stocksync.agent.store import AgentStore
+from stocksync.agent.store import AgentStore, DaemonState, StoreError
 from stocksync.config import AgentConfig
-from stocksync.protocol import AgentSession, AgentState, ProtocolError, WelcomeInfo
+from stocksync.protocol import AgentSession, AgentState, ProtocolError
 from stocksync.tls import channel_credentials
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
@@ -41,17 +55,18 @@ log = logging.getLogger("stocksync.agent")
 SNAPSHOT_CHUNK_SKUS = 5000
 """SKUs per snapshot message (keeps each well under the message size limit)."""
 
-ACK_SAVE_INTERVAL_S = 0.5
-"""How often the acked watermark is written to the store. It only feeds
-``status`` and the next snapshot point; the hub's Welcome is the truth."""
+BOOKKEEPING_INTERVAL_S = 0.5
+"""How often the acked watermark and the daemon's state are written to the
+store. They only feed ``status`` and the next snapshot point; the hub's
+Welcome is the truth."""
 
 
 class LinkFailed(Exception):
-    """The stream could not be set up (hub unreachable, refused the Hello...)."""
+    """An attempt got nowhere (hub unreachable, refused, broke early): back off more."""
 
 
 class LinkLost(Exception):
-    """An established stream broke; reconnect with a fresh backoff."""
+    """A stream that made progress broke; reconnect with a fresh backoff."""
 
 
 class _Stopped(Exception):
@@ -78,7 +93,8 @@ class AgentLink:
 
     Args:
         config: validated agent configuration.
-        store: the warehouse's store (opened by the caller).
+        store: the warehouse's store (opened by the caller); read from the
+            event loop. The daemon's own writes use a second connection.
     """
 
     def __init__(self, config: AgentConfig, store: AgentStore) -> None:
@@ -86,10 +102,14 @@ class AgentLink:
         self.store = store
         self.connected = False
         self.reconnects = 0
+        self.failed_attempts = 0
+        """Attempts in a row that got nowhere; the backoff grows with it."""
+        self.state = DaemonState(pid=os.getpid(), hub=config.hub)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._acked = store.acked_seq()
-        """The highest ack received; saved to the store at most every ACK_SAVE_INTERVAL_S."""
+        """The highest ack received; written to the store by the bookkeeper."""
+        self._books = _Bookkeeper(config, self)
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish; it returns once the stream is closed."""
@@ -97,9 +117,15 @@ class AgentLink:
         self._wake.set()
 
     async def run(self) -> None:
-        """Stream until :meth:`stop`, reconnecting forever."""
+        """Stream until :meth:`stop`, reconnecting forever.
+
+        Raises:
+            StoreError: if the store cannot be read, or belongs to another
+                warehouse.
+        """
         self.store.claim(self.config.warehouse)
-        self._record_link(False)
+        await self._books.start()
+        self._set_connected(False)
         try:
             while not self._stop.is_set():
                 try:
@@ -119,13 +145,14 @@ class AgentLink:
                 except LinkLost as e:
                     log.warning("link lost: %s; reconnecting", e)
                     self.reconnects += 1
+                    self.failed_attempts = 0
                     # A fresh backoff, but never a hot loop: a short full-jitter pause.
                     await self._sleep(random.uniform(0, self.config.backoff_initial_s))
         except _Stopped:
             pass
         finally:
-            self._save_acked()
-            self._record_link(False)
+            self._set_connected(False)
+            await self._books.close()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake at once when asked to stop."""
@@ -139,37 +166,30 @@ class AgentLink:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         self.reconnects += 1
+        self.failed_attempts = state.attempt_number
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
-        log.warning("cannot reach hub %s: %s; retrying in %.2f s", self.config.hub, exc, wait)
+        log.warning("attempt %d: %s; retrying in %.2f s", state.attempt_number, exc, wait)
 
-    def _record_link(self, connected: bool) -> None:
+    def _set_connected(self, connected: bool) -> None:
         self.connected = connected
-        self.store.set_link(
-            {
-                "connected": connected,
-                "pid": os.getpid(),
-                "hub": self.config.hub,
-                "since_unix_ms": time.time_ns() // 1_000_000,
-            }
-        )
+        self.state.connected = connected
+        self.state.since_unix_ms = time.time_ns() // 1_000_000
+        self._books.dirty()
 
-    def _save_acked(self) -> None:
-        if self._acked > self.store.acked_seq():
-            self.store.set_acked_seq(self._acked)
-
-    async def _ack_saver(self) -> None:
-        """Write the latest ack to the store when it moved (for ``status``)."""
-        while True:
-            await asyncio.sleep(ACK_SAVE_INTERVAL_S)
-            self._save_acked()
+    def _failed(self, error: str) -> str:
+        """Remember ``error`` as the last one, for ``status``; returns it."""
+        self.state.last_error = error
+        self.state.last_error_unix_ms = time.time_ns() // 1_000_000
+        self._books.dirty()
+        return error
 
     async def _stream_once(self) -> None:
         """One stream: connect, handshake, stream until it fails or we stop.
 
         Raises:
-            LinkFailed: before the Welcome.
-            LinkLost: after it.
+            LinkFailed: if the attempt got nowhere.
+            LinkLost: if a stream that made progress broke.
         """
         cfg = self.config
         options = channel_options(cfg)
@@ -183,7 +203,7 @@ class AgentLink:
             call = stub.Sync()
             session = AgentSession(
                 window=cfg.window_events,
-                max_batch=cfg.batch_max_events,
+                max_batch=cfg.max_batch_events,
                 linger=cfg.batch_linger_ms / 1000,
             )
             acked = self.store.acked_seq()
@@ -194,47 +214,67 @@ class AgentLink:
                     reply = await call.read()
             except TimeoutError:
                 call.cancel()
-                raise LinkFailed(f"no Welcome within {cfg.connect_timeout_s} s") from None
+                raise LinkFailed(
+                    self._failed(f"hub {cfg.hub} sent no Welcome within {cfg.connect_timeout_s} s")
+                ) from None
             except grpc.aio.AioRpcError as e:
-                raise LinkFailed(_describe(e)) from None
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {_describe(e)}")) from None
             except asyncio.InvalidStateError:  # the call ended under the write
-                raise LinkFailed(await _status_of(call)) from None
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {await _status_of(call)}")) from None
             if reply is grpc.aio.EOF:
-                raise LinkFailed(await _status_of(call))
-            if reply.WhichOneof("message") != "welcome":
-                raise LinkFailed(f"hub answered Hello with {reply.WhichOneof('message')}")
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {await _status_of(call)}"))
             try:
-                session.on_welcome(
-                    WelcomeInfo(reply.welcome.watermark, reply.welcome.snapshot_required), acked
-                )
+                session.receive(reply.WhichOneof("message"))
+                session.on_welcome(wire.welcome_info(reply.welcome), acked)
             except ProtocolError as e:
                 call.cancel()
-                raise LinkFailed(str(e)) from None
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {e}")) from None
             log.info(
-                "connected to %s: watermark %d%s",
+                "connected to %s: watermark %d, batches of up to %d events%s",
                 cfg.hub,
                 reply.welcome.watermark,
+                session.batch_limit,
                 ", snapshot requested" if reply.welcome.snapshot_required else "",
             )
+            if session.batch_limit < cfg.max_batch_events:
+                log.info(
+                    "the hub accepts at most %d events per batch; max_batch_events = %d is "
+                    "lowered to that for this stream",
+                    session.batch_limit,
+                    cfg.max_batch_events,
+                )
             if not reply.welcome.snapshot_required:
                 self._acked = max(self._acked, session.acked)
-            self._record_link(True)
+            self._set_connected(True)
+            connected_at = time.monotonic()
+            welcome_acked = session.acked
+            error: str | None = None
+            refused = False
             try:
                 await self._exchange(wire.SerialWriter(call), call, session)
             except grpc.aio.AioRpcError as e:
-                raise LinkLost(_describe(e)) from None
+                error, refused = _describe(e), e.code() in _REFUSALS
             except asyncio.InvalidStateError:
-                # A write raced the stream's end ("RPC already finished"):
-                # the status says why it ended.
-                raise LinkLost(await _status_of(call)) from None
+                pass  # a write raced the stream's end: the status says why it ended
             except ProtocolError as e:
                 call.cancel()
-                raise LinkLost(str(e)) from None
+                error, refused = f"hub broke the protocol: {e}", True
             finally:
                 session.close()
-                self._record_link(False)
-            if not self._stop.is_set():
-                raise LinkLost(await _status_of(call))
+                self._set_connected(False)
+            if self._stop.is_set():
+                return
+            if error is None:
+                error = await _status_of(call)
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    refused = await call.code() in _REFUSALS
+            self._failed(f"hub {cfg.hub}: {error}")
+            progressed = session.acked > welcome_acked or (
+                time.monotonic() - connected_at >= cfg.backoff_max_s
+            )
+            if progressed and not refused:
+                raise LinkLost(f"hub {cfg.hub}: {error}")
+            raise LinkFailed(f"hub {cfg.hub}: {error}")
 
     async def _exchange(self, out: wire.SerialWriter, call: Any, session: AgentSession) -> None:
         """Run sender, receiver and pinger until one ends or we stop."""
@@ -242,7 +282,6 @@ class AgentLink:
             asyncio.ensure_future(self._send_loop(out, session)),
             asyncio.ensure_future(self._receive_loop(out, call, session)),
             asyncio.ensure_future(self._ping_loop(out, session)),
-            asyncio.ensure_future(self._ack_saver()),
             asyncio.ensure_future(self._stop.wait()),
         }
         try:
@@ -310,9 +349,12 @@ class AgentLink:
             if msg is grpc.aio.EOF:
                 return
             kind = msg.WhichOneof("message")
+            session.receive(kind)
             if kind == "ack":
                 session.on_ack(msg.ack.up_to_seq)
-                self._acked = max(self._acked, session.acked)
+                if session.acked > self._acked:
+                    self._acked = session.acked
+                    self._books.dirty()
                 self._wake.set()
             elif kind == "snapshot_request":
                 log.info("hub asked for a snapshot: %s", msg.snapshot_request.reason)
@@ -345,6 +387,90 @@ class AgentLink:
                 )
             )
             await asyncio.sleep(self.config.ping_interval_s)
+
+
+class _Bookkeeper:
+    """Writes the daemon's acked watermark and state on a thread of its own.
+
+    Writes happen at most every :data:`BOOKKEEPING_INTERVAL_S`, through a
+    second connection to the store, so the event loop never waits for the
+    write lock. A failed write is logged once (until it succeeds again) and
+    retried at the next tick.
+    """
+
+    def __init__(self, config: AgentConfig, link: AgentLink) -> None:
+        self._config = config
+        self._link = link
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-books")
+        self._store: AgentStore | None = None
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Future[None] | None = None
+        self._failing: str | None = None
+
+    async def start(self) -> None:
+        """Open the second connection and start the ticks."""
+        cfg = self._config
+        self._store = await self._call(AgentStore, cfg.db, cfg.synchronous)
+        self._task = asyncio.ensure_future(self._run())
+
+    def dirty(self) -> None:
+        """Something changed: write it at the next tick."""
+        self._dirty.set()
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await self.flush()
+            await asyncio.sleep(BOOKKEEPING_INTERVAL_S)
+
+    async def flush(self) -> None:
+        """Write what changed now; log (once) and keep going if it fails."""
+        if self._store is None:
+            return
+        self._dirty.clear()
+        acked, state = self._link._acked, DaemonState(**vars(self._link.state))
+        try:
+            await self._call(_save, self._store, acked, state)
+        except StoreError as e:
+            self._dirty.set()  # retried at the next tick
+            if self._failing != str(e):
+                log.warning("cannot save the daemon's state (will retry): %s", e)
+                self._failing = str(e)
+            return
+        if self._failing is not None:
+            log.info("daemon state saved again")
+            self._failing = None
+
+    async def close(self) -> None:
+        """A last write, then close the connection and the thread."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        if self._store is not None:
+            await self._call(self._store.close)
+        self._thread.shutdown(wait=True)
+
+
+def _save(store: AgentStore, acked: int, state: DaemonState) -> None:
+    if acked > store.acked_seq():
+        store.set_acked_seq(acked)
+    store.set_daemon_state(state)
+
+
+_REFUSALS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+"""Statuses by which the hub refuses what this agent sends: retrying at once
+would only be refused again, so they never count as progress."""
 
 
 def _describe(e: grpc.aio.AioRpcError) -> str:

@@ -15,7 +15,11 @@ write lock up front (``BEGIN IMMEDIATE``) and waits for it up to
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import itertools
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -23,26 +27,77 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 from uuid6 import uuid7
 
-from stocksync.events import InvalidEvent, Kind, NewEvent, plain_delta, validate_new_event
+from stocksync.errors import Status, StocksyncError
+from stocksync.events import EventRow, InvalidEvent, Kind, NewEvent, plain_delta, validate_new_event
+from stocksync.sqlite import check_synchronous, connect, error_kind
 
-__all__ = ["AgentStore", "Backlog", "EventRow", "StoreError", "parse_events_csv"]
+__all__ = [
+    "AgentStore",
+    "Backlog",
+    "DaemonState",
+    "StoreError",
+    "parse_events_csv",
+    "status_info",
+]
 
-EventRow = tuple[int, str, str, int, int, int, str, str, int, int]
-"""(seq, event_id, sku, kind, quantity, delta, reason, reservation_id, as_of_seq,
-recorded_at_ms): one outbox row, in wire order."""
-
-_EVENT_COLUMNS = (
-    "seq, event_id, sku, kind, quantity, delta, reason, reservation_id, as_of_seq, recorded_at_ms"
-)
+_EVENT_COLUMNS = ", ".join(EventRow._fields)
 
 
-class StoreError(Exception):
+
+class StoreError(StocksyncError):
     """The store cannot do what was asked (wrong warehouse, unreadable file...)."""
+
+    status = Status.UNAVAILABLE
+
+
+_FAILURES = {
+    "full": "the disk is full",
+    "busy": "another process holds the store's write lock",
+    "corrupt": "the store is damaged",
+    "not-a-database": "the file is not an agent store",
+    "read-only": "the store is read-only",
+    "io": "the store cannot be read or written (I/O error)",
+    "cannot-open": "the file cannot be opened",
+}
+
+
+@dataclass
+class DaemonState:
+    """What the running daemon last said about itself, for ``status``."""
+
+    connected: bool = False
+    pid: int = 0
+    hub: str = ""
+    since_unix_ms: int = 0
+    """When ``connected`` last changed."""
+    last_error: str = ""
+    """The last failure talking to the hub: a gRPC status and its detail."""
+    last_error_unix_ms: int = 0
+
+    def to_json(self) -> str:
+        """The state as one JSON object."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> DaemonState:
+        """Parse :meth:`to_json`'s output; unknown keys are ignored."""
+        if not raw:
+            return cls()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return cls()
+        names = {f.name for f in dataclasses.fields(cls)}
+        return (
+            cls(**{k: v for k, v in data.items() if k in names})
+            if isinstance(data, dict)
+            else cls()
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +147,22 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1]
 """Schema steps; ``PRAGMA user_version`` records how many have run."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reads(method: F) -> F:
+    """A read that fails with SQLite's error raises :class:`StoreError` instead."""
+
+    @functools.wraps(method)
+    def wrapper(self: AgentStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read agent store {self.path}: {describe(e)}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 class AgentStore:
     """One warehouse's books in one SQLite file.
 
@@ -105,24 +176,25 @@ class AgentStore:
     def __init__(
         self, path: str | Path, synchronous: str = "FULL", busy_timeout_ms: int = 10_000
     ) -> None:
-        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise StoreError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        try:
+            sync = check_synchronous(synchronous)
+        except ValueError as e:
+            raise StoreError(str(e)) from None
         self.path = Path(path)
         try:
-            self.conn = sqlite3.connect(
-                self.path, isolation_level=None, check_same_thread=False, timeout=0
-            )
-            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            self.conn = connect(self.path, sync, busy_timeout_ms)
             self.db = sqlite_utils.Database(self.conn)
             self._migrate()
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open agent store {self.path}: {e}") from e
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot open agent store {self.path}: {describe(e)}") from None
 
     # -- lifecycle ---------------------------------------------------------
 
     def _migrate(self) -> None:
+        # Opening writes nothing unless a migration is due, so read-only
+        # commands (status) work even when the disk is full.
+        if self.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
+            return
         with self.write():
             version = self.conn.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
@@ -146,26 +218,43 @@ class AgentStore:
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, holding the write lock from its start."""
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One write transaction, holding the write lock from its start.
+
+        Raises:
+            StoreError: if SQLite fails (disk full, lock held too long...);
+                nothing of the transaction is stored then.
+        """
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot write agent store {self.path}: {describe(e)}") from None
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """One consistent read snapshot."""
-        self.conn.execute("BEGIN")
+        """One consistent read snapshot.
+
+        Raises:
+            StoreError: if SQLite fails (a damaged file, say).
+        """
         try:
-            yield self.conn
-        finally:
-            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read agent store {self.path}: {describe(e)}") from None
 
     # -- meta --------------------------------------------------------------
 
+    @_reads
     def _meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
@@ -190,18 +279,24 @@ class AgentStore:
     def claim(self, warehouse: str) -> None:
         """Bind the store to ``warehouse``; a store serves one warehouse forever.
 
+        Writes only the first time, so a daemon restarting while an
+        ``import`` holds the write lock does not wait for it.
+
         Raises:
             StoreError: if it already belongs to another warehouse.
         """
-        with self.write():
-            current = self._meta("warehouse")
-            if current is not None and current != warehouse:
-                raise StoreError(
-                    f"{self.path} holds the books of {current}, not {warehouse}; "
-                    "each warehouse needs its own store"
-                )
-            if current is None:
-                self._set_meta("warehouse", warehouse)
+        current = self._meta("warehouse")
+        if current is None:
+            with self.write():
+                current = self._meta("warehouse")
+                if current is None:
+                    self._set_meta("warehouse", warehouse)
+                    return
+        if current != warehouse:
+            raise StoreError(
+                f"{self.path} holds the books of {current}, not {warehouse}; "
+                "each warehouse needs its own store"
+            )
 
     def acked_seq(self) -> int:
         """The highest seq a hub has acknowledged, as last saved."""
@@ -213,18 +308,18 @@ class AgentStore:
             if seq > self.acked_seq():
                 self._set_meta("acked_seq", str(seq))
 
-    def set_link(self, state: dict[str, Any]) -> None:
-        """Record the daemon's link state for ``status``."""
+    def set_daemon_state(self, state: DaemonState) -> None:
+        """Record what the daemon says about itself, for ``status``."""
         with self.write():
-            self._set_meta("link", json.dumps(state))
+            self._set_meta("daemon", state.to_json())
 
-    def link(self) -> dict[str, Any]:
-        """The daemon's last recorded link state."""
-        raw = self._meta("link")
-        return dict(json.loads(raw)) if raw else {}
+    def daemon_state(self) -> DaemonState:
+        """The daemon's last recorded state."""
+        return DaemonState.from_json(self._meta("daemon"))
 
     # -- recording ---------------------------------------------------------
 
+    @_reads
     def high_seq(self) -> int:
         """The highest recorded seq (0 for an empty store)."""
         row = self.conn.execute("SELECT max(seq) FROM events").fetchone()
@@ -268,17 +363,17 @@ class AgentStore:
                 as_of = event.as_of_seq if event.as_of_seq is not None else high - 1
                 conn.execute(
                     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (
-                        high,
-                        str(uuid7()),
-                        event.sku,
-                        int(event.kind),
-                        event.quantity,
-                        delta,
-                        event.reason,
-                        event.reservation_id,
-                        as_of if event.kind == Kind.COUNT else 0,
-                        stamp,
+                    EventRow(
+                        seq=high,
+                        event_id=str(uuid7()),
+                        sku=event.sku,
+                        kind=int(event.kind),
+                        quantity=event.quantity,
+                        delta=delta,
+                        reason=event.reason,
+                        reservation_id=event.reservation_id,
+                        as_of_seq=as_of if event.kind == Kind.COUNT else 0,
+                        recorded_at_ms=stamp,
                     ),
                 )
                 conn.execute(
@@ -312,13 +407,17 @@ class AgentStore:
 
     # -- reading -------------------------------------------------------------
 
+    @_reads
     def events(self, first: int, last: int) -> list[EventRow]:
         """Events ``first..last`` inclusive, oldest first."""
-        return self.conn.execute(
+        cursor = self.conn.execute(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
             (first, last),
-        ).fetchall()
+        )
+        # tuple.__new__ mapped in C: EventRows without a Python call per row.
+        return list(map(tuple.__new__, itertools.repeat(EventRow), cursor))
 
+    @_reads
     def on_hand(self, sku: str | None = None) -> dict[str, int]:
         """Current on_hand per SKU (or of one SKU)."""
         if sku is None:
@@ -357,6 +456,41 @@ class AgentStore:
         if row is not None:
             age = max(0.0, ((_now_ms() if now_ms is None else now_ms) - row[0]) / 1000)
         return Backlog(high, acked, max(0, high - acked), age)
+
+
+def status_info(store: AgentStore) -> dict[str, Any]:
+    """What ``stocksync-agent status --json`` prints about ``store``."""
+    daemon = store.daemon_state()
+    backlog = store.backlog()
+    running = daemon.pid > 0 and _pid_alive(daemon.pid)
+    return {
+        "warehouse": store.warehouse,
+        "epoch": store.epoch,
+        "connected": daemon.connected and running,
+        "daemon_pid": daemon.pid if running else None,
+        "hub": daemon.hub or None,
+        "high_seq": backlog.high_seq,
+        "hub_watermark": backlog.acked_seq,
+        "pending": backlog.pending,
+        "oldest_pending_age_s": backlog.oldest_pending_age_s,
+        "last_error": daemon.last_error or None,
+        "last_error_unix_ms": daemon.last_error_unix_ms or None,
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def describe(error: sqlite3.Error) -> str:
+    """What a SQLite error means, in words for an operator."""
+    return _FAILURES.get(error_kind(error), str(error))
 
 
 def parse_events_csv(lines: Iterable[str]) -> Iterator[NewEvent]:

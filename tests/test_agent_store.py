@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from stocksync.agent.store import AgentStore, Backlog, StoreError, parse_events_csv
+from stocksync.agent.store import AgentStore, Backlog, DaemonState, StoreError, parse_events_csv
 from stocksync.events import InvalidEvent, Kind, NewEvent
 
 
@@ -355,10 +355,24 @@ def test_acked_seq_persists_across_reopen(db_path: Path) -> None:
         assert s.backlog(now_ms=0).pending == 1
 
 
-def test_link_state_round_trips(store: AgentStore) -> None:
-    assert store.link() == {}
-    store.set_link({"state": "streaming", "hub": "hub.example:7443"})
-    assert store.link() == {"state": "streaming", "hub": "hub.example:7443"}
+def test_daemon_state_round_trips(store: AgentStore) -> None:
+    assert store.daemon_state() == DaemonState()
+    state = DaemonState(
+        connected=True,
+        pid=42,
+        hub="hub.example:7443",
+        since_unix_ms=1,
+        last_error="hub hub.example:7443: UNAVAILABLE: hub store is full",
+        last_error_unix_ms=2,
+    )
+    store.set_daemon_state(state)
+    assert store.daemon_state() == state
+
+
+def test_daemon_state_ignores_what_it_does_not_know() -> None:
+    assert DaemonState.from_json('{"pid": 7, "from_a_newer_agent": 1}') == DaemonState(pid=7)
+    assert DaemonState.from_json("not json") == DaemonState()
+    assert DaemonState.from_json("[1, 2]") == DaemonState()
 
 
 # -- two writers on one file (daemon + CLI) --------------------------------------

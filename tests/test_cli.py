@@ -380,13 +380,13 @@ def test_run_with_bad_warehouse_id(tmp_path: Path) -> None:
     assert_clean_error(out, "warehouse")
 
 
-def test_run_with_batch_max_events_zero_in_env(tmp_path: Path) -> None:
+def test_run_with_max_batch_events_zero_in_env(tmp_path: Path) -> None:
     out = agent(
         *run_args(tmp_path, "--insecure", "--warehouse", "WH-LAX"),
         cwd=tmp_path,
-        env=clean_env(STOCKSYNC_AGENT_BATCH_MAX_EVENTS="0"),
+        env=clean_env(STOCKSYNC_AGENT_MAX_BATCH_EVENTS="0"),
     )
-    assert_clean_error(out, "batch_max_events")
+    assert_clean_error(out, "max_batch_events")
     assert not (tmp_path / "agent.db").exists()
 
 
@@ -403,7 +403,7 @@ def test_run_with_non_numeric_env(tmp_path: Path) -> None:
     ("toml", "fragment"),
     [
         ('warehouse = "WH-LAX"\ninsecure = true\nbatch_max_evnets = 10\n', "batch_max_evnets"),
-        ('warehouse = "WH-LAX"\ninsecure = true\nbatch_max_events = "ten"\n', "batch_max_events"),
+        ('warehouse = "WH-LAX"\ninsecure = true\nmax_batch_events = "ten"\n', "max_batch_events"),
         ('warehouse = "WH-LAX"\ninsecure = true\nwindow_events = 10\n', "window_events"),
         ('warehouse = "WH-LAX\ninsecure = true\n', "TOML"),
     ],

@@ -434,8 +434,8 @@ def agent_status(db: Path) -> dict[str, object]:
 
 
 def saved_link(db: Path) -> dict[str, object]:
-    """The link state the daemon itself last wrote (status also checks the pid)."""
-    raw = agent_meta(db, "link")
+    """The state the daemon itself last wrote (status also checks the pid)."""
+    raw = agent_meta(db, "daemon")
     return dict(json.loads(raw)) if raw else {}
 
 

@@ -440,7 +440,7 @@ def test_status_pending_reaches_zero_while_the_daemon_runs(
     start_agent("WH-LAX", db)
     wait_until(lambda: db.exists() and agent_status(db)["connected"], 30, "the agent to connect")
     with AgentStore(db) as store:
-        # More than one batch (batch_max_events is 1000): several acks in a row.
+        # More than one batch (max_batch_events is 1000): several acks in a row.
         record_random(store, random.Random("burst"), 1500, "WH-LAX")
     wait_synced(hub.db, "WH-LAX", db)
 
