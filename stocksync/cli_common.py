@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import signal
 import sys
@@ -13,7 +14,13 @@ import click
 
 from stocksync.config import AgentConfig, ConfigError, HubConfig, load
 
-__all__ = ["config_option", "load_config", "run_until_signal", "setup_logging"]
+__all__ = [
+    "LazyGroup",
+    "config_option",
+    "load_config",
+    "run_until_signal",
+    "setup_logging",
+]
 
 C = TypeVar("C", AgentConfig, HubConfig)
 
@@ -54,3 +61,32 @@ def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await main(stop)
 
     asyncio.run(runner())
+
+
+class LazyGroup(click.Group):
+    """A command group whose listed subcommands are imported only when run.
+
+    ``lazy_subcommands`` maps a command name to ``"module:attribute"``; the
+    serving path never imports the modules behind them (click's documented
+    lazy-loading pattern).
+    """
+
+    def __init__(
+        self, *args: Any, lazy_subcommands: Mapping[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_subcommands = dict(lazy_subcommands or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command, loaded or not, by name."""
+        return sorted([*super().list_commands(ctx), *self.lazy_subcommands])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The command, importing it first if it is lazy."""
+        if cmd_name not in self.lazy_subcommands:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attribute = self.lazy_subcommands[cmd_name].partition(":")
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy_subcommands[cmd_name]} is not a click command")
+        return command

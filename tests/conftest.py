@@ -7,9 +7,6 @@ so crash tests can ``kill -9`` them like an operator's bad day would.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from stocksync.tools.procs import AgentChild, HubChild
 
 BIN = Path(sys.executable).parent
 HUB = str(BIN / "stocksync-hub")
@@ -45,93 +44,66 @@ def run_cli(*args: str, check: bool = False, **kw: Any) -> subprocess.CompletedP
     return result
 
 
-class _Daemon:
-    """A long-running stocksync subprocess."""
+class HubProcess:
+    """``stocksync-hub serve`` in a subprocess; restartable on the same port and store."""
 
-    proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, db: Path, log: Path, port: int = 0, *extra: str) -> None:
+        self.db, self.log, self.port, self.extra = db, log, port, extra
+        self.child: HubChild | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.child is None else self.child.proc
+
+    def start(self) -> HubProcess:
+        self.child = HubChild(self.db, self.log, f"127.0.0.1:{self.port}", self.extra)
+        self.port = self.child.wait_ready(30)
+        return self
 
     def kill(self) -> None:
         """kill -9: no chance to flush or say goodbye."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
+        if self.child is not None:
+            self.child.kill()
 
     def stop(self) -> int:
         """SIGTERM and wait for a clean exit; returns the exit code."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(30)
-
-
-class HubProcess(_Daemon):
-    """``stocksync-hub serve`` in a subprocess; restartable on the same port and store."""
-
-    def __init__(self, db: Path, log: Path, port: int = 0) -> None:
-        self.db, self.log, self.port = db, log, port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> HubProcess:
-        offset = self.log.stat().st_size if self.log.exists() else 0
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    HUB,
-                    "serve",
-                    "--db",
-                    str(self.db),
-                    "--listen",
-                    f"127.0.0.1:{self.port}",
-                    "--insecure",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-        def bound_port() -> int | None:
-            assert self.proc is not None
-            text = self.log.read_text(errors="replace")[offset:]
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hub exited early: {text[-2000:]}")
-            m = re.search(r"serving on port (\d+)", text)
-            return int(m.group(1)) if m else None
-
-        self.port = wait_until(bound_port, 30, "hub to listen")
-        return self
+        return 0 if self.child is None else self.child.stop(30)
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
 
-class AgentProcess(_Daemon):
+class AgentProcess:
     """``stocksync-agent run`` in a subprocess."""
 
     def __init__(self, warehouse: str, db: Path, hub: str, log: Path, *extra: str) -> None:
         self.warehouse, self.db, self.hub, self.log, self.extra = warehouse, db, hub, log, extra
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.child: AgentChild | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self.child is None else self.child.proc
 
     def start(self) -> AgentProcess:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    AGENT,
-                    "run",
-                    "--warehouse",
-                    self.warehouse,
-                    "--hub",
-                    self.hub,
-                    "--db",
-                    str(self.db),
-                    "--insecure",
-                    *self.extra,
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "STOCKSYNC_AGENT_BACKOFF_MAX_S": "1"},
-            )
+        self.child = AgentChild(
+            self.warehouse,
+            self.db,
+            self.hub,
+            self.log,
+            self.extra,
+            env={"STOCKSYNC_AGENT_BACKOFF_MAX_S": "1"},
+        )
         return self
+
+    def kill(self) -> None:
+        """kill -9: no chance to flush or say goodbye."""
+        if self.child is not None:
+            self.child.kill()
+
+    def stop(self) -> int:
+        """SIGTERM and wait for a clean exit; returns the exit code."""
+        return 0 if self.child is None else self.child.stop(30)
 
 
 def read_only(path: Path) -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""``stocksync-hub bench`` (hub/bench.py): it runs end to end and reports sanely.
+"""``stocksync.tools.bench`` (hub/bench.py): it runs end to end and reports sanely.
 
 One small run of the real command (3,000 events, 50 SKUs, each measurement
 twice) as a subprocess;
@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 from conftest import HUB, run_cli, wait_until
 
-from stocksync.events import validate_new_event
-from stocksync.hub.bench import format_table, make_events, raw_apply
-from stocksync.hub.storage import HubRow
+from stocksync.events import EventRow, validate_new_event
+from stocksync.tools.bench import format_table, make_events, raw_apply
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +117,9 @@ def test_the_workload_is_deterministic_and_valid() -> None:
 
 
 def test_raw_apply_stores_every_event(tmp_path: Path) -> None:
-    rows: list[HubRow] = [
-        (1, seq, f"id-{seq}", f"SKU-{seq % 3}", 1, 2, 2, "", "", 0, 0) for seq in range(1, 1201)
+    rows = [
+        EventRow(seq, f"id-{seq}", f"SKU-{seq % 3}", 1, 2, 2, "", "", 0, 0)
+        for seq in range(1, 1201)
     ]
     for netted in (False, True):
         db = tmp_path / f"raw-{netted}.db"

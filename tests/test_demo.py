@@ -1,4 +1,4 @@
-"""``stocksync-hub demo`` (hub/demo.py): the whole system in one command.
+"""``stocksync.tools.demo`` (hub/demo.py): the whole system in one command.
 
 The end-to-end tests run the real command as a subprocess without a terminal
 (so it prints compact blocks) and check what an operator would: it exits 0,
@@ -22,7 +22,7 @@ from conftest import HUB, agent_on_hand, hub_on_hand, read_only, run_cli, wait_u
 
 from stocksync.agent.store import AgentStore
 from stocksync.events import SKU_PATTERN, Kind, NewEvent
-from stocksync.hub.demo import WAREHOUSES, HubView, WarehouseSim, catalogue, render_stock
+from stocksync.tools.demo import WAREHOUSES, HubView, WarehouseSim, catalogue, render_stock
 from stocksync.v1 import inventory_pb2
 
 SUMMARY_ROW = re.compile(r"^(WH-[A-Z]+)\s+(\d+)\s.*\s(yes|no)$", re.MULTILINE)
@@ -51,7 +51,7 @@ def assert_clean_finish(out: str, err: str, keep: Path) -> None:
         assert agent, f"{warehouse} holds no stock"
         assert hub_on_hand(keep / "hub.db", warehouse) == agent
         with read_only(keep / f"{warehouse}.db") as conn:
-            (link,) = conn.execute("SELECT value FROM meta WHERE key = 'link'").fetchone()
+            (link,) = conn.execute("SELECT value FROM meta WHERE key = 'daemon'").fetchone()
         assert json.loads(link)["connected"] is False, "the agent did not stop cleanly"
 
 
@@ -112,7 +112,7 @@ def test_demo_without_keep_removes_its_stores(tmp_path: Path) -> None:
 
 def run_sim(path: Path, seed: str, steps: int) -> tuple[WarehouseSim, list[tuple[object, ...]]]:
     """Seed a fresh store and record ``steps`` events; returns the sim and its rows."""
-    store = AgentStore(path, synchronous="OFF")
+    store = AgentStore(path, synchronous="NORMAL")
     sim = WarehouseSim("WH-LAX", store, catalogue(8), random.Random(seed))
     sim.seed()
     for _ in range(steps):
@@ -159,8 +159,8 @@ def test_generator_is_reproducible_from_its_seed(tmp_path: Path) -> None:
 
 
 def test_generator_resyncs_when_another_producer_writes(tmp_path: Path) -> None:
-    store = AgentStore(tmp_path / "a.db", synchronous="OFF")
-    other = AgentStore(tmp_path / "a.db", synchronous="OFF")
+    store = AgentStore(tmp_path / "a.db", synchronous="NORMAL")
+    other = AgentStore(tmp_path / "a.db", synchronous="NORMAL")
     try:
         sim = WarehouseSim("WH-LAX", store, catalogue(4), random.Random(5))
         sim.seed()

@@ -28,13 +28,10 @@ import json
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,9 +45,9 @@ import click
 
 from stocksync.agent.store import AgentStore
 from stocksync.config import AgentConfig, load
-from stocksync.events import Kind, NewEvent
-from stocksync.hub.sqlite_store import INSERT_EVENT, SCHEMA, UPSERT_STOCK, apply_rows
-from stocksync.hub.storage import DELTA_COLUMN, SKU_COLUMN, HubRow
+from stocksync.events import EventRow, Kind, NewEvent
+from stocksync.hub.sqlite_store import SCHEMA, UPSERT_STOCK, apply_rows, insert_event_sql
+from stocksync.tools.procs import AgentChild, Child, ChildDied, HubChild
 
 __all__ = ["bench", "run_bench"]
 
@@ -95,9 +92,9 @@ def make_events(count: int, skus: int, seed: int = 7) -> list[NewEvent]:
     return events
 
 
-def hub_rows(store: AgentStore, last_seq: int, source_id: int = 1) -> list[HubRow]:
+def hub_rows(store: AgentStore, last_seq: int) -> list[EventRow]:
     """The rows the hub stores for the agent's events 1..last_seq."""
-    return [(source_id, *row) for row in store.events(1, last_seq)]
+    return store.events(1, last_seq)
 
 
 # -- (a) the raw SQLite limit -------------------------------------------------
@@ -111,7 +108,7 @@ def _fresh_hub_db(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def raw_apply(path: Path, rows: Sequence[HubRow], batch: int, netted: bool = False) -> float:
+def raw_apply(path: Path, rows: Sequence[EventRow], batch: int, netted: bool = False) -> float:
     """Apply ``rows`` to a fresh hub-schema file in batches; returns seconds.
 
     ``netted=False`` is the plain limit: one upsert per event. ``netted=True``
@@ -119,15 +116,18 @@ def raw_apply(path: Path, rows: Sequence[HubRow], batch: int, netted: bool = Fal
     """
     conn = _fresh_hub_db(path)
     chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
-    upserts = [[(WAREHOUSE, r[SKU_COLUMN], r[DELTA_COLUMN]) for r in c] for c in chunks]
+    upserts = [[(WAREHOUSE, r.sku, r.delta) for r in c] for c in chunks]
+    # The raw limit binds plain tuples: sqlite3's fastest path, untimed conversion.
+    plain = [[tuple(r) for r in c] for c in chunks]
+    insert = insert_event_sql(1)
     try:
         started = time.perf_counter()
-        for chunk, upsert in zip(chunks, upserts, strict=True):
+        for chunk, rows_of_chunk, upsert in zip(chunks, plain, upserts, strict=True):
             conn.execute("BEGIN IMMEDIATE")
             if netted:
-                apply_rows(conn, WAREHOUSE, chunk)
+                apply_rows(conn, 1, WAREHOUSE, chunk)
             else:
-                conn.executemany(INSERT_EVENT, chunk)
+                conn.executemany(insert, rows_of_chunk)
                 conn.executemany(UPSERT_STOCK, upsert)
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - started
@@ -142,103 +142,19 @@ def raw_apply(path: Path, rows: Sequence[HubRow], batch: int, netted: bool = Fal
 # -- subprocesses ---------------------------------------------------------------
 
 
-def _command(name: str, module: str) -> list[str]:
-    """The console script beside this interpreter, else ``python -m``."""
-    script = Path(sys.executable).parent / name
-    if script.exists():
-        return [str(script)]
-    found = shutil.which(name)
-    return [found] if found else [sys.executable, "-m", module]
-
-
-class Child:
-    """A subprocess whose stdout and stderr go to a log file."""
-
-    def __init__(self, name: str, args: list[str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self.started = time.perf_counter()
-        self.started_wall = time.time()
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        """Raise with the log's tail if the process has exited."""
-        if self.proc.poll() is not None:
-            tail = self.text()[-2000:]
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}:\n{tail}")
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM, then SIGKILL if it does not exit within ``timeout``."""
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _wait_for(predicate: Callable[[], Any], timeout: float, what: str, poll: float) -> Any:
-    deadline = time.perf_counter() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.perf_counter() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll)
-
-
 def start_hub(tmp: Path) -> tuple[Child, int]:
     """``stocksync-hub serve`` on 127.0.0.1 port 0; returns it and its port."""
-    hub = Child(
-        "hub",
-        [
-            *_command("stocksync-hub", "stocksync.hub.cli"),
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--db",
-            str(tmp / "hub.db"),
-            "--insecure",
-        ],
-        tmp / "hub.log",
-    )
-
-    def port() -> int | None:
-        hub.check_alive()
-        m = re.search(r"serving on port (\d+)", hub.text())
-        return int(m.group(1)) if m else None
-
-    return hub, int(_wait_for(port, 60, "the hub to listen", 0.02))
+    hub = HubChild(tmp / "hub.db", tmp / "hub.log")
+    try:
+        return hub, hub.wait_ready(60)
+    except (ChildDied, TimeoutError) as e:
+        hub.stop()
+        raise BenchError(str(e)) from None
 
 
 def start_agent(tmp: Path, db: Path, port: int) -> Child:
     """``stocksync-agent run`` against the hub on ``port``."""
-    return Child(
-        "agent",
-        [
-            *_command("stocksync-agent", "stocksync.agent.cli"),
-            "run",
-            "--warehouse",
-            WAREHOUSE,
-            "--hub",
-            f"127.0.0.1:{port}",
-            "--db",
-            str(db),
-            "--insecure",
-        ],
-        tmp / "agent.log",
-    )
+    return AgentChild(WAREHOUSE, db, f"127.0.0.1:{port}", tmp / "agent.log")
 
 
 class HubWatermark:
@@ -344,7 +260,7 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _setup(agent_db: Path, events: int, skus: int) -> list[HubRow]:
+def _setup(agent_db: Path, events: int, skus: int) -> list[EventRow]:
     """Record the events offline in a fresh agent store; returns the hub's rows."""
     with AgentStore(agent_db) as store:
         seqs = store.record_many(make_events(events, skus))
@@ -358,7 +274,7 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return best
 
 
-def measure_raw(tmp: Path, rows: Sequence[HubRow], batch: int, repeat: int) -> dict[str, Any]:
+def measure_raw(tmp: Path, rows: Sequence[EventRow], batch: int, repeat: int) -> dict[str, Any]:
     """(a): the plain limit, and the hub's netted apply_rows for reference; best of ``repeat``."""
     runs: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_netted": []}
     for _ in range(repeat):
@@ -508,7 +424,7 @@ def run_bench(
             runs.append(catchup)
         catchup = _best(runs)
         config = load(AgentConfig, flags={"warehouse": WAREHOUSE, "insecure": True})
-        catchup["agent_batch_max_events"] = config.batch_max_events
+        catchup["agent_max_batch_events"] = config.max_batch_events
         catchup["agent_window_events"] = config.window_events
         result["catchup"] = catchup
         raw_rate = result["raw"]["events_per_s"]
@@ -666,7 +582,7 @@ def format_table(r: dict[str, Any]) -> str:
     lines += [
         f"    CPU meanwhile: agent {cu['agent_cpu_s']:.2f} s (incl. its startup), "
         f"hub {cu['hub_cpu_s']:.2f} s = {cu['hub_cpu_s'] / events * 1e6:.1f} us/event",
-        f"    agent settings: batch_max_events={cu['agent_batch_max_events']}, "
+        f"    agent settings: max_batch_events={cu['agent_max_batch_events']}, "
         f"window_events={cu['agent_window_events']}",
         "",
         f"ratio catch-up / raw: {r['ratio']:.3f}   target >= {RATIO_TARGET}: "
@@ -748,7 +664,10 @@ def bench(events: int, skus: int, batch: int, repeat: int, as_json: bool) -> Non
         _sigterm_exits(),
         tempfile.TemporaryDirectory(prefix="stocksync-bench-") as tmp,
     ):
-        result = run_bench(events, skus, batch, Path(tmp), say, repeat)
+        try:
+            result = run_bench(events, skus, batch, Path(tmp), say, repeat)
+        except (ChildDied, TimeoutError) as e:
+            raise BenchError(str(e)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:

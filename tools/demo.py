@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import shutil
 import signal
@@ -36,8 +35,11 @@ import grpc
 
 from stocksync.agent.store import AgentStore, StoreError
 from stocksync.config import HubConfig
+from stocksync.errors import StocksyncError
 from stocksync.events import Kind, NewEvent
-from stocksync.hub.server import MAX_QUERY_SKUS, Hub
+from stocksync.hub.inventory_service import MAX_QUERY_SKUS
+from stocksync.hub.server import Hub
+from stocksync.tools.procs import AgentChild
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
 
 __all__ = [
@@ -261,7 +263,7 @@ class _Agent:
     warehouse: str
     db: Path
     log: Path
-    proc: asyncio.subprocess.Process | None = None
+    proc: AgentChild | None = None
 
     @property
     def exit_code(self) -> int | None:
@@ -422,7 +424,7 @@ class _Demo:
         ).validate()
         try:
             self.hub = Hub(config)
-        except Exception as e:  # an unreadable or foreign database file
+        except StocksyncError as e:  # an unreadable or foreign database file
             raise click.ClickException(f"cannot open hub store {config.db}: {e}") from None
         try:
             self.port = await self.hub.start()
@@ -442,48 +444,30 @@ class _Demo:
     # -- agents ----------------------------------------------------------------
 
     async def start_agents(self) -> None:
-        exe = Path(sys.executable).parent / "stocksync-agent"
-        if not exe.exists():
-            raise click.ClickException(f"cannot find the agent command at {exe}")
-        env = {**os.environ, "STOCKSYNC_AGENT_BACKOFF_MAX_S": "2"}
         for agent in self.agents.values():
-            with agent.log.open("ab") as log_file:
-                agent.proc = await asyncio.create_subprocess_exec(
-                    str(exe),
-                    "run",
-                    "--warehouse",
-                    agent.warehouse,
-                    "--hub",
-                    f"127.0.0.1:{self.port}",
-                    "--db",
-                    str(agent.db),
-                    "--insecure",
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log_file,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=env,
-                    # Its own session: a terminal's Ctrl-C reaches only the demo,
-                    # which stops the agents itself once they have caught up.
-                    start_new_session=True,
-                )
+            agent.proc = AgentChild(
+                agent.warehouse,
+                agent.db,
+                f"127.0.0.1:{self.port}",
+                agent.log,
+                env={"STOCKSYNC_AGENT_BACKOFF_MAX_S": "2"},
+                # Its own session: a terminal's Ctrl-C reaches only the demo,
+                # which stops the agents itself once they have caught up.
+                new_session=True,
+            )
 
     async def stop_agents(self) -> None:
-        async def stop_one(agent: _Agent) -> None:
-            proc = agent.proc
-            if proc is None or proc.returncode is not None:
+        def stop_one(agent: _Agent) -> None:
+            if agent.proc is None or agent.proc.returncode is not None:
                 return
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(AGENT_STOP_S):
-                    await proc.wait()
-            except TimeoutError:
+            agent.proc.stop(AGENT_STOP_S)
+            if agent.proc.returncode == -signal.SIGKILL:
                 self.echo(f"{agent.warehouse}: agent did not stop in {AGENT_STOP_S:g} s; killed")
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
 
-        await asyncio.gather(*(stop_one(a) for a in self.agents.values()))
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(None, stop_one, a) for a in self.agents.values())
+        )
 
     def agent_state(self) -> dict[str, str]:
         state = {}
