@@ -49,7 +49,9 @@ class SyncServiceServicer:
     def Sync(self, request_iterator, context):
         """Sync is the agent's long-lived stream. The first agent message must be a
         Hello; the hub answers with a Welcome and from then on acknowledges
-        batches, asks for snapshots, sends pick commands and pings.
+        batches, asks for snapshots, sends pick commands and pings. A message the
+        current state does not accept ends the stream with INVALID_ARGUMENT; a
+        gap in seqs with FAILED_PRECONDITION and the trailer "resume-from-seq".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
