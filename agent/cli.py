@@ -14,7 +14,13 @@ import click
 
 from stocksync.agent.link import AgentLink
 from stocksync.agent.store import AgentStore, StoreError, parse_events_csv, status_info
-from stocksync.cli_common import config_option, load_config, run_until_signal, setup_logging
+from stocksync.cli_common import (
+    config_option,
+    load_config,
+    run_until_signal,
+    setup_logging,
+    tune_gc,
+)
 from stocksync.config import AgentConfig
 from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
 
@@ -223,6 +229,7 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
         await task
 
     try:
+        tune_gc()
         run_until_signal(main_)
     except StoreError as e:
         raise click.ClickException(str(e)) from None

@@ -48,7 +48,6 @@ __all__ = [
 _EVENT_COLUMNS = ", ".join(EventRow._fields)
 
 
-
 class StoreError(StocksyncError):
     """The store cannot do what was asked (wrong warehouse, unreadable file...)."""
 

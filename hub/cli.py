@@ -17,6 +17,7 @@ from stocksync.cli_common import (
     load_config,
     run_until_signal,
     setup_logging,
+    tune_gc,
 )
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
@@ -141,6 +142,7 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
         await stop.wait()
         await hub.stop()
 
+    tune_gc()
     run_until_signal(main_)
 
 

@@ -128,6 +128,7 @@ class Hub:
             await self.server.stop(self.config.grace_s if grace is None else grace)
             self.server = None
         await self.writer.close()
+        log.info("writer committed %d transactions", self.writer.commits)
         self.reads.shutdown(wait=True)
         self.store.close()
 

@@ -8,7 +8,6 @@ every field with the same rules the agent recorded them by.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -121,9 +120,17 @@ def batch_message(rows: Sequence[EventRow]) -> sync_pb2.SyncRequest:
     return request
 
 
-@functools.lru_cache(maxsize=1 << 16)
+_GOOD_SKUS: set[str] = set()
+"""SKUs already seen well-formed: a set lookup is cheaper than the regex."""
+_GOOD_SKUS_MAX = 1 << 17
+
+
 def _sku_ok(sku: str) -> bool:
-    return SKU_PATTERN.fullmatch(sku) is not None
+    if SKU_PATTERN.fullmatch(sku) is None:
+        return False
+    if len(_GOOD_SKUS) < _GOOD_SKUS_MAX:
+        _GOOD_SKUS.add(sku)
+    return True
 
 
 # Plain ints: compared once per event on the hub's hot path.
@@ -163,6 +170,7 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
     """
     rows: list[EventRow] = []
     append = rows.append
+    good_skus = _GOOD_SKUS
     expected = batch.first_seq + skip
     for e in batch.events[skip:]:
         seq, sku, kind, quantity, delta = e.seq, e.sku, e.kind, e.quantity, e.delta
@@ -179,7 +187,7 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
                 or (kind == _SHIP and 0 < quantity <= MAX_QUANTITY and delta == -quantity)
                 or (kind == _ADJUST and 0 < abs(quantity) <= MAX_QUANTITY and delta == quantity)
             )
-            and _sku_ok(sku)
+            and (sku in good_skus or _sku_ok(sku))
             and not as_of_seq
             and (not reservation_id or (kind == _SHIP and len(reservation_id) <= _MAX_RID))
             and len(reason) <= MAX_REASON_LEN
