@@ -8,21 +8,28 @@ least as long as asked); everything else is asserted on outcomes.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import random
 import re
 import signal
 import socket
 import socketserver
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stocksync.tools.faultproxy import FaultProxy, ThreadedFaultProxy, flap_schedule
@@ -397,6 +404,53 @@ def test_grpc_works_through_latency_and_a_blackhole_exceeds_the_deadline() -> No
     run(scenario())
 
 
+def test_tls_passes_through_untouched(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client_ctx = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+    data = random.Random(5).randbytes(300_000)
+
+    async def echo_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(len(data)))
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(echo_tls, "127.0.0.1", 0, ssl=server_ctx)
+        async with server, FaultProxy("127.0.0.1", server.sockets[0].getsockname()[1]) as proxy:
+            proxy.set_latency(0.02, jitter=0.01)
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", proxy.port, ssl=client_ctx, server_hostname="localhost"
+            )
+            _clients.append(writer)
+            writer.write(data)
+            assert await asyncio.wait_for(reader.readexactly(len(data)), 10) == data
+
+    run(scenario())
+
+
 # From synchronous code
 
 
@@ -423,6 +477,18 @@ def test_threaded_proxy_from_blocking_sockets(echo: Echo) -> None:
         socket.create_connection(("127.0.0.1", proxy.port), timeout=10)  # stopped
 
 
+def test_threaded_proxy_that_cannot_bind_raises_and_leaves_no_thread() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        threads = threading.active_count()
+        proxy = ThreadedFaultProxy("127.0.0.1", 1, listen_port=busy.getsockname()[1])
+        with pytest.raises(OSError):
+            proxy.start()
+        assert threading.active_count() == threads
+        proxy.stop()  # nothing to stop: no error
+
+
 def test_bad_arguments_are_refused() -> None:
     proxy = FaultProxy("127.0.0.1", 1)
     with pytest.raises(ValueError, match="direction"):
@@ -433,6 +499,8 @@ def test_bad_arguments_are_refused() -> None:
         proxy.set_bandwidth(0)
     with pytest.raises(ValueError, match="n_bytes"):
         proxy.cut_after(-1, "up")
+    with pytest.raises(ValueError, match="max_in_flight"):
+        FaultProxy("127.0.0.1", 1, max_in_flight=0)
 
 
 # The command line

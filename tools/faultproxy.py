@@ -317,6 +317,8 @@ class FaultProxy:
         seed: int = 0,
         max_in_flight: int = MAX_IN_FLIGHT,
     ) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be ≥ 1 byte, got {max_in_flight!r}")
         self.upstream = (upstream_host, upstream_port)
         self.listen = (listen_host, listen_port)
         self.max_in_flight = max_in_flight
