@@ -1,24 +1,46 @@
-"""Mutual TLS: a warehouse certificate lets an agent speak for that warehouse only."""
+"""Mutual TLS: a warehouse certificate lets an agent speak for that warehouse only.
+
+Also the ``--tls DIR`` convention, and hub credentials that serve a renewed
+certificate without a restart.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ipaddress
 import json
+import logging
 import os
 import re
+import socket
+import ssl
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import click
 import grpc
 import pytest
+from click.testing import CliRunner
 from conftest import AGENT, HUB, agent_on_hand, hub_on_hand, run_cli, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from stocksync.certs import init_ca, issue_agent, issue_hub
+from stocksync.tls import (
+    CertificateReloader,
+    TlsError,
+    TlsFiles,
+    reloading_server_credentials,
+    tls_dir_option,
+)
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
 
@@ -227,3 +249,187 @@ def test_plaintext_must_be_asked_for(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr
     assert not (tmp_path / "h.db").exists()
     assert not (tmp_path / "a.db").exists()
+
+
+# -- the --tls DIR convention ------------------------------------------------
+
+
+@pytest.fixture
+def issued(tmp_path: Path) -> Path:
+    """A CA with a hub directory (localhost) and an agent directory (WH-LAX)."""
+    init_ca(tmp_path / "ca")
+    issue_hub(tmp_path / "ca", tmp_path / "hub", ["localhost", "127.0.0.1"])
+    issue_agent(tmp_path / "ca", tmp_path / "agent", "WH-LAX")
+    return tmp_path
+
+
+def test_a_tls_dir_is_its_three_files(issued: Path) -> None:
+    files = TlsFiles.from_dir(issued / "hub")
+    assert (files.cert.name, files.key.name, files.ca.name) == ("cert.pem", "key.pem", "ca.pem")
+    assert (
+        files.read().leaf.serial_number
+        == x509.load_pem_x509_certificate((issued / "hub" / "cert.pem").read_bytes()).serial_number
+    )
+
+
+@pytest.mark.parametrize("missing", ["cert.pem", "key.pem", "ca.pem"])
+def test_a_tls_dir_missing_a_file_names_it(issued: Path, missing: str) -> None:
+    (issued / "hub" / missing).unlink()
+    with pytest.raises(TlsError) as err:
+        TlsFiles.from_dir(issued / "hub")
+    assert str(err.value) == (
+        f"{issued / 'hub'} has no {missing} (expected cert.pem, key.pem and ca.pem in it)"
+    )
+    with pytest.raises(TlsError, match="is not a directory"):
+        TlsFiles.from_dir(issued / "nowhere")
+
+
+def test_tls_files_that_do_not_belong_together_are_refused(issued: Path) -> None:
+    hub = issued / "hub"
+    (hub / "key.pem").write_bytes((issued / "agent" / "key.pem").read_bytes())
+    with pytest.raises(TlsError, match=r"key\.pem is not the key of .*cert\.pem"):
+        TlsFiles.from_dir(hub).channel_credentials()
+    (hub / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(TlsError, match=r"ca\.pem is not a PEM certificate"):
+        TlsFiles.from_dir(hub).read()
+
+
+def test_tls_option_gives_the_files_or_a_usage_error(issued: Path) -> None:
+    @click.command()
+    @tls_dir_option(envvar="STOCKSYNC_TEST_TLS")
+    def show(tls: TlsFiles | None) -> None:
+        click.echo("none" if tls is None else str(tls.key))
+
+    runner = CliRunner()
+    assert runner.invoke(show, []).output == "none\n"
+    good = runner.invoke(show, ["--tls", str(issued / "agent")])
+    assert good.output == f"{issued / 'agent' / 'key.pem'}\n"
+    from_env = runner.invoke(show, [], env={"STOCKSYNC_TEST_TLS": str(issued / "hub")})
+    assert from_env.output == f"{issued / 'hub' / 'key.pem'}\n"
+    (issued / "agent" / "ca.pem").unlink()
+    bad = runner.invoke(show, ["--tls", str(issued / "agent")])
+    assert bad.exit_code == 2
+    assert "Invalid value for '--tls'" in bad.output
+    assert "has no ca.pem" in bad.output
+    assert "Traceback" not in bad.output
+
+
+# -- renewal without a restart -----------------------------------------------
+
+
+@contextlib.contextmanager
+def health_server(creds: grpc.ServerCredentials, kind: str) -> Iterator[int]:
+    """The health service over ``creds`` on a sync or a grpc.aio server (port 0)."""
+    if kind == "sync":
+        server = grpc.server(ThreadPoolExecutor(max_workers=4))
+        health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+        port = server.add_secure_port("127.0.0.1:0", creds)
+        server.start()
+        try:
+            yield port
+        finally:
+            server.stop(None)
+        return
+    # grpc.aio, as the hub runs, on an event loop of its own thread.
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def start() -> tuple[grpc.aio.Server, int]:
+        aio_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), aio_server)
+        bound = aio_server.add_secure_port("127.0.0.1:0", creds)
+        await aio_server.start()
+        return aio_server, bound
+
+    aio_server, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    try:
+        yield port
+    finally:
+        asyncio.run_coroutine_threadsafe(aio_server.stop(None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+def served_serial(port: int, client: Path) -> int:
+    """The serial number of the certificate a new TLS connection is given."""
+    context = ssl.create_default_context(cafile=str(client / "ca.pem"))
+    context.load_cert_chain(client / "cert.pem", client / "key.pem")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def healthy(channel: grpc.Channel) -> bool:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _serial(folder: Path) -> int:
+    return x509.load_pem_x509_certificate((folder / "cert.pem").read_bytes()).serial_number
+
+
+@pytest.mark.parametrize("kind", ["sync", "aio"])
+def test_a_renewed_certificate_is_served_without_a_restart(issued: Path, kind: str) -> None:
+    hub, agent = issued / "hub", issued / "agent"
+    creds = reloading_server_credentials(TlsFiles.from_dir(hub))
+    with health_server(creds, kind) as port:
+        old = _serial(hub)
+        assert served_serial(port, agent) == old
+        existing = grpc.secure_channel(
+            f"localhost:{port}", TlsFiles.from_dir(agent).channel_credentials()
+        )
+        assert healthy(existing)
+
+        new = issue_hub(issued / "ca", hub, ["localhost"], force=True).serial_number
+        assert new != old
+        assert served_serial(port, agent) == new
+        with grpc.secure_channel(
+            f"localhost:{port}", TlsFiles.from_dir(agent).channel_credentials()
+        ) as fresh:
+            assert healthy(fresh)
+        assert healthy(existing)
+        existing.close()
+
+
+def test_unusable_new_files_keep_the_current_certificate(
+    issued: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stocksync.tls")
+    hub, agent = issued / "hub", issued / "agent"
+    reloader = CertificateReloader(TlsFiles.from_dir(hub))
+    old = _serial(hub)
+
+    def warnings() -> int:
+        return sum("cannot be used, still serving" in r.getMessage() for r in caplog.records)
+
+    with health_server(reloader.credentials(), "sync") as port:
+        # A key that is not the certificate's (a renewal caught half-way).
+        (hub / "key.pem").write_bytes((agent / "key.pem").read_bytes())
+        assert served_serial(port, agent) == old
+        assert served_serial(port, agent) == old
+        assert warnings() == 1  # once per change of the files, not per connection
+        assert f"still serving serial {old:x}" in caplog.text
+
+        (hub / "cert.pem").unlink()  # unreadable
+        assert served_serial(port, agent) == old
+        assert warnings() == 2
+        assert reloader.certificate.serial_number == old
+
+        new = issue_hub(issued / "ca", hub, ["localhost"], force=True).serial_number
+        assert served_serial(port, agent) == new
+        assert reloader.certificate.serial_number == new
+        assert f"serial {new:x}" in caplog.text
+        assert warnings() == 2
+
+
+def test_reloading_credentials_refuse_unusable_files_at_start(issued: Path) -> None:
+    (issued / "hub" / "key.pem").write_bytes((issued / "agent" / "key.pem").read_bytes())
+    with pytest.raises(TlsError, match="is not the key of"):
+        reloading_server_credentials(TlsFiles.from_dir(issued / "hub"))
