@@ -190,13 +190,22 @@ class Identity:
 
     @classmethod
     def agent(cls, warehouse: str) -> Identity:
-        """The agent of ``warehouse`` (checked with ``validate_warehouse``)."""
+        """The agent of ``warehouse``.
+
+        Raises:
+            InvalidEvent: ``warehouse`` is not a well-formed warehouse id.
+        """
         validate_warehouse(warehouse)
         return cls(kind="agent", name=warehouse, warehouse=warehouse)
 
     @classmethod
     def client(cls, name: str, scopes: Iterable[str]) -> Identity:
-        """A client called ``name`` holding ``scopes`` (each validated)."""
+        """A client called ``name`` holding ``scopes``.
+
+        Raises:
+            InvalidName: ``name`` is malformed.
+            InvalidScope: a scope is not one of :data:`SCOPES`.
+        """
         return cls(
             kind="client",
             name=validate_name(name),
