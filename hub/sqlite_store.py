@@ -16,8 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stocksync.events import EventRow
+from stocksync.hub.ledger import Changes, Conflict
+from stocksync.hub.sqlite_ledger import load_conflicts, load_ledger, save_changes
+from stocksync.hub.sqlite_schema import WrongFile, open_schema
 from stocksync.hub.storage import (
     Applied,
+    LedgerState,
     Source,
     SourceRetired,
     StoreError,
@@ -27,49 +31,9 @@ from stocksync.hub.storage import (
 )
 from stocksync.sqlite import check_synchronous, connect, error_kind
 
-__all__ = ["SCHEMA", "SqliteHubStore", "apply_rows", "insert_event_sql"]
+__all__ = ["SqliteHubStore", "apply_rows", "insert_event_sql"]
 
 log = logging.getLogger("stocksync.hub.store")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS sources (
-    id INTEGER PRIMARY KEY,
-    warehouse TEXT NOT NULL,
-    epoch TEXT NOT NULL,
-    watermark INTEGER NOT NULL,
-    snapshot_seq INTEGER NOT NULL,
-    created_ms INTEGER NOT NULL,
-    UNIQUE (warehouse, epoch)
-);
-CREATE TABLE IF NOT EXISTS warehouses (
-    warehouse TEXT PRIMARY KEY,
-    source_id INTEGER NOT NULL REFERENCES sources(id),
-    last_seen_ms INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stock (
-    warehouse TEXT NOT NULL,
-    sku TEXT NOT NULL,
-    on_hand INTEGER NOT NULL,
-    PRIMARY KEY (warehouse, sku)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS stock_sku ON stock (sku);
-CREATE TABLE IF NOT EXISTS events (
-    source_id INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
-    sku TEXT NOT NULL,
-    kind INTEGER NOT NULL,
-    quantity INTEGER NOT NULL,
-    delta INTEGER NOT NULL,
-    reason TEXT NOT NULL,
-    reservation_id TEXT NOT NULL,
-    as_of_seq INTEGER NOT NULL,
-    recorded_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (source_id, seq)
-) WITHOUT ROWID;
-"""
-"""Schema version 1. The event log is keyed by (source, seq): a second
-apply of one seq fails on the key even if the watermark logic were wrong."""
 
 UPSERT_STOCK = (
     "INSERT INTO stock(warehouse, sku, on_hand) VALUES (?, ?, ?) "
@@ -140,15 +104,11 @@ class SqliteHubStore:
         self._read_lock = threading.Lock()
         with self._errors("open"):
             self._writer = connect(self.path, sync)
-            with self.transaction():
-                version = self._writer.execute("PRAGMA user_version").fetchone()[0]
-                if version > 1:
-                    raise StoreError(f"{self.path} has schema version {version}; upgrade stocksync")
-                if version == 0:
-                    for statement in SCHEMA.split(";"):
-                        if statement.strip():
-                            self._writer.execute(statement)
-                    self._writer.execute("PRAGMA user_version = 1")
+            try:
+                open_schema(self._writer, self.path)
+            except WrongFile as e:
+                self._writer.close()
+                raise StoreError(str(e)) from None
             self._reader = connect(self.path, sync)
 
     @contextmanager
@@ -214,6 +174,16 @@ class SqliteHubStore:
             ).fetchall()
         return [WarehouseRecord(*row) for row in rows]
 
+    def load_ledger(self) -> LedgerState:
+        """See :meth:`HubStore.load_ledger`."""
+        with self._read_lock, self._errors("read"):
+            return load_ledger(self._reader)
+
+    def conflicts(self, open_only: bool = False, limit: int = 1000) -> list[Conflict]:
+        """See :meth:`HubStore.conflicts`."""
+        with self._read_lock, self._errors("read"):
+            return load_conflicts(self._reader, open_only, limit)
+
     def close(self) -> None:
         """Close both connections."""
         for name in ("_reader", "_writer"):
@@ -276,7 +246,28 @@ class _SqliteTx:
                 "INSERT INTO stock(warehouse, sku, on_hand) VALUES (?, ?, ?)",
                 [(warehouse, sku, q) for sku, q in stock],
             )
+            # Kept so the on_hand of every warehouse can be recomputed from history.
+            conn.execute("DELETE FROM snapshot_stock WHERE source_id = ?", (source_id,))
+            conn.executemany(
+                "INSERT INTO snapshot_stock(source_id, sku, on_hand) "
+                f"VALUES ({int(source_id)}, ?, ?)",
+                stock,
+            )
         return Source(source_id, warehouse, epoch, as_of_seq, current=True)
+
+    def save_changes(self, changes: Changes) -> None:
+        """See :meth:`WriteTx.save_changes`."""
+        with self._store._errors("save"):
+            save_changes(self._conn, changes)
+
+    def set_hub_time(self, hub_time_ms: int) -> None:
+        """See :meth:`WriteTx.set_hub_time`."""
+        with self._store._errors("save"):
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('hub_time_ms', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(int(hub_time_ms)),),
+            )
 
     def apply_batch(
         self, source: Source, expected_watermark: int, rows: Sequence[EventRow], seen_ms: int

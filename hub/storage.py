@@ -26,10 +26,12 @@ from typing import Protocol
 
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
+from stocksync.hub.ledger import Changes, Conflict, PickCommand, Reservation
 
 __all__ = [
     "Applied",
     "HubStore",
+    "LedgerState",
     "Source",
     "SourceRetired",
     "StoreError",
@@ -96,6 +98,26 @@ class WarehouseRecord:
     last_seen_ms: int
 
 
+@dataclass
+class LedgerState:
+    """Everything the ledger needs at start-up, read in one consistent snapshot."""
+
+    on_hand: list[tuple[str, str, int]]
+    """(warehouse, sku, on_hand) for every figure."""
+    warehouses: list[str]
+    reservations: list[Reservation]
+    picks: list[PickCommand]
+    """Commands not yet acknowledged, and those of active reservations."""
+    conflicts: list[Conflict]
+    """Open conflicts."""
+    next_conflict_id: int
+    quotas: list[tuple[str, str, int]]
+    """(room, sku, free units)."""
+    safety: dict[str, int]
+    hub_time_ms: int
+    """The hub's own clock as last saved (it does not run while the hub is down)."""
+
+
 class WriteTx(Protocol):
     """The writes of one transaction (used by the writer thread only)."""
 
@@ -127,6 +149,15 @@ class WriteTx(Protocol):
         epoch) its current epoch with watermark ``as_of_seq``."""
         ...
 
+    def save_changes(self, changes: Changes) -> None:
+        """Make the ledger's ``changes`` durable: reservations, pick commands,
+        quotas, safety stock and conflicts."""
+        ...
+
+    def set_hub_time(self, hub_time_ms: int) -> None:
+        """Save the hub's own clock, so reservation TTLs resume from it."""
+        ...
+
 
 class HubStore(Protocol):
     """The hub's durable state: watermarks, the applied-event log, on_hand."""
@@ -150,6 +181,14 @@ class HubStore(Protocol):
 
     def warehouses(self) -> list[WarehouseRecord]:
         """Every warehouse with its current epoch, by id."""
+        ...
+
+    def load_ledger(self) -> LedgerState:
+        """Everything the ledger needs at start-up."""
+        ...
+
+    def conflicts(self, open_only: bool = False, limit: int = 1000) -> list[Conflict]:
+        """Recorded conflicts, newest first."""
         ...
 
     def close(self) -> None:

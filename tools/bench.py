@@ -46,7 +46,8 @@ import click
 from stocksync.agent.store import AgentStore
 from stocksync.config import AgentConfig, load
 from stocksync.events import EventRow, Kind, NewEvent
-from stocksync.hub.sqlite_store import SCHEMA, UPSERT_STOCK, apply_rows, insert_event_sql
+from stocksync.hub.sqlite_schema import V1 as SCHEMA
+from stocksync.hub.sqlite_store import UPSERT_STOCK, apply_rows, insert_event_sql
 from stocksync.tools.procs import AgentChild, Child, ChildDied, HubChild
 
 __all__ = ["bench", "run_bench"]
