@@ -26,9 +26,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stocksync.config import HubConfig
+from stocksync.hub.clock import HubClock
 from stocksync.hub.grpc_edge import DecodeGuard, enable_reflection
+from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer
 from stocksync.hub.sqlite_store import SqliteHubStore
+from stocksync.hub.stock import StalenessPolicy
 from stocksync.hub.storage import HubStore
 from stocksync.hub.streams import StreamRegistry
 from stocksync.hub.sync_service import SyncServicer
@@ -67,17 +70,32 @@ class Hub:
     Args:
         config: validated hub configuration.
         store: a store to use instead of opening ``config.db`` (another backend).
+        clock: the hub's clock (tests move time with their own).
 
     Raises:
         StoreError: if ``config.db`` cannot be opened as a hub store.
     """
 
-    def __init__(self, config: HubConfig, store: HubStore | None = None) -> None:
+    def __init__(
+        self, config: HubConfig, store: HubStore | None = None, clock: HubClock | None = None
+    ) -> None:
         self.config = config
         self.store: HubStore = store or SqliteHubStore(config.db, config.synchronous)
         self.streams = StreamRegistry()
         self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-reads")
         self.writer = Writer(self.store)
+        self.inventory = Inventory(
+            self.store,
+            self.writer,
+            self.reads,
+            clock or HubClock(),
+            StalenessPolicy(
+                stale_after_ms=int(config.stale_after_s * 1000),
+                stale_buffer=config.stale_buffer,
+                offline_after_ms=int(config.offline_after_s * 1000),
+            ),
+            default_ttl_ms=int(config.reservation_ttl_s * 1000),
+        )
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
@@ -89,12 +107,13 @@ class Hub:
             RuntimeError: if the address cannot be bound.
         """
         self.writer.start()
+        await self.inventory.start()
         server = grpc.aio.server(options=server_options(), interceptors=[DecodeGuard()])
         sync_pb2_grpc.add_SyncServiceServicer_to_server(
             SyncServicer(
                 self.store,
                 self.reads,
-                self.writer,
+                self.inventory,
                 self.streams,
                 max_batch_events=self.config.max_batch_events,
                 hello_timeout_s=self.config.hello_timeout_s,
@@ -103,7 +122,7 @@ class Hub:
             server,
         )
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
-            InventoryServicer(self.store, self.reads, self.streams), server
+            InventoryServicer(self.store, self.reads, self.streams, self.inventory), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -127,6 +146,7 @@ class Hub:
             await self.health.enter_graceful_shutdown()
             await self.server.stop(self.config.grace_s if grace is None else grace)
             self.server = None
+        await self.inventory.stop()
         await self.writer.close()
         log.info("writer committed %d transactions", self.writer.commits)
         self.reads.shutdown(wait=True)

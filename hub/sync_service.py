@@ -26,9 +26,10 @@ from stocksync import wire
 from stocksync.errors import StocksyncError
 from stocksync.events import EventRow
 from stocksync.hub.grpc_edge import Undecodable, abort
+from stocksync.hub.inventory import Inventory
+from stocksync.hub.ledger import PickCommand
 from stocksync.hub.storage import Applied, HubStore, Source
 from stocksync.hub.streams import AgentStream, StreamRegistry
-from stocksync.hub.writer import Writer
 from stocksync.protocol import Apply, HubSession, MalformedMessage, Superseded, TimedOut
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
@@ -67,10 +68,11 @@ class _Pipeline:
         session: HubSession,
         stream: AgentStream,
         out: wire.SerialWriter,
-        submit: Callable[[list[EventRow]], asyncio.Future[Applied]],
+        submit: Callable[[list[EventRow], float], asyncio.Future[Applied]],
     ) -> None:
         self.session, self.stream, self.out, self._submit = session, stream, out, submit
         self._buffer: list[EventRow] = []
+        self._buffer_origin = 0.0
         self._buffered_last = 0
         self._in_flight: asyncio.Future[Applied] | None = None
         self._in_flight_last = 0
@@ -92,6 +94,8 @@ class _Pipeline:
 
     def add(self, rows: list[EventRow], last_seq: int) -> None:
         """Make ``rows`` (ending at ``last_seq``) durable, then ack them."""
+        if not self._buffer:
+            self._buffer_origin = time.monotonic()
         self._buffer.extend(rows)
         self._buffered_last = last_seq
         self._batches += 1
@@ -141,7 +145,7 @@ class _Pipeline:
     def _start_commit(self) -> None:
         rows, self._buffer = self._buffer, []
         self._in_flight_last, self._batches = self._buffered_last, 0
-        self._in_flight = self._submit(rows)
+        self._in_flight = self._submit(rows, self._buffer_origin)
 
     def discard(self) -> None:
         """The stream is over: a commit still in the writer stands, unheard."""
@@ -160,7 +164,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     Args:
         store: the hub's durable state (read here, off the event loop).
         reads: the executor for store reads.
-        writer: the hub's single writer.
+        inventory: decides and makes durable what the agents send.
         streams: the live streams, shared with the inventory service.
         max_batch_events: largest batch accepted; sent in every Welcome.
         hello_timeout_s: how long a new stream may take to say Hello.
@@ -171,7 +175,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self,
         store: HubStore,
         reads: Executor,
-        writer: Writer,
+        inventory: Inventory,
         streams: StreamRegistry,
         max_batch_events: int = 5000,
         hello_timeout_s: float = 10.0,
@@ -179,7 +183,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> None:
         self.store = store
         self.reads = reads
-        self.writer = writer
+        self.inventory = inventory
         self.streams = streams
         self.max_batch_events = max_batch_events
         self.hello_timeout_s = hello_timeout_s
@@ -247,16 +251,20 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         context: Any,
         out: wire.SerialWriter,
     ) -> None:
-        def submit(rows: list[EventRow]) -> asyncio.Future[Applied]:
+        def submit(rows: list[EventRow], origin: float) -> asyncio.Future[Applied]:
             assert source is not None  # STREAMING implies a known source
-            known, expected, seen = source, rows[0].seq - 1, _now_ms()
-            return self.writer.submit(lambda tx: tx.apply_batch(known, expected, rows, seen))
+            return self.inventory.apply_batch(source, rows, origin)
 
+        inventory, warehouse = self.inventory, stream.warehouse
         pipeline = _Pipeline(session, stream, out, submit)
         superseded = asyncio.ensure_future(stream.superseded.wait())
         pinger = asyncio.ensure_future(self._ping(out))
+        picks: asyncio.Queue[list[PickCommand]] = asyncio.Queue()
+        picker: asyncio.Future[None] | None = None
         reading: asyncio.Future[sync_pb2.SyncRequest] | None = None
         try:
+            if source is not None:
+                picker = self._start_picks(warehouse, picks, out)
             while True:
                 if pipeline.full:
                     await pipeline.wait(lambda: not pipeline.full)
@@ -276,6 +284,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                         pipeline.task.result()
                     return
                 stream.seen()
+                inventory.seen(warehouse)
                 kind = msg.WhichOneof("message")
                 session.receive(kind)
                 if kind == "batch":
@@ -287,6 +296,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     )
                     if stock is not None:
                         source = await self._on_snapshot(session, pipeline, stream, stock, out)
+                        picker = picker or self._start_picks(warehouse, picks, out)
                 elif kind == "ping":
                     backlog = msg.ping.backlog
                     session.on_backlog(backlog.high_seq)
@@ -295,10 +305,12 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     if msg.ping.sent_at_unix_ms:
                         stream.clock_skew_s = (msg.ping.sent_at_unix_ms - _now_ms()) / 1000
                 elif kind == "command_ack":
-                    log.debug("%s: command %s acknowledged", stream.warehouse, msg.command_ack)
+                    inventory.ack_pick(warehouse, msg.command_ack.command_id)
         finally:
             pipeline.discard()
-            for task in (superseded, pinger, pipeline.task, reading):
+            if inventory.pick_listeners.get(warehouse) == picks.put_nowait:
+                del inventory.pick_listeners[warehouse]
+            for task in (superseded, pinger, pipeline.task, reading, picker):
                 if task is not None:
                     task.cancel()
                     if task.done() and not task.cancelled():
@@ -328,14 +340,30 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
     ) -> Source:
         await pipeline.drained()
         as_of = session.snapshot_as_of
-        warehouse, epoch, seen = session.warehouse, session.epoch, _now_ms()
-        source = await self.writer.write(
-            lambda tx: tx.apply_snapshot(warehouse, epoch, as_of, stock, seen)
-        )
+        warehouse, epoch = session.warehouse, session.epoch
+        source = await self.inventory.apply_snapshot(warehouse, epoch, as_of, stock)
         stream.watermark = session.on_snapshot_applied(as_of)
         log.info("%s: snapshot of %d SKUs as of seq %d applied", warehouse, len(stock), as_of)
         await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=as_of)))
         return source
+
+    def _start_picks(
+        self, warehouse: str, queue: asyncio.Queue[list[PickCommand]], out: wire.SerialWriter
+    ) -> asyncio.Future[None]:
+        """Send the warehouse its pick commands: those not yet acknowledged
+        now, then each new one as it becomes durable."""
+        self.inventory.pick_listeners[warehouse] = queue.put_nowait
+        pending = self.inventory.pending_picks(warehouse)
+        if pending:
+            queue.put_nowait(pending)
+        return asyncio.ensure_future(self._send_picks(queue, out))
+
+    async def _send_picks(
+        self, queue: asyncio.Queue[list[PickCommand]], out: wire.SerialWriter
+    ) -> None:
+        while True:
+            for pick in await queue.get():
+                await out.write(wire.pick_message(pick))
 
     async def _ping(self, out: wire.SerialWriter) -> None:
         while True:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from stocksync.errors import StocksyncError
 from stocksync.hub.storage import HubStore, StoreError, WriteTx
 
-__all__ = ["MAX_GROUP_COMMANDS", "Command", "Writer"]
+__all__ = ["MAX_GROUP_COMMANDS", "Command", "HaltedError", "Writer"]
 
 log = logging.getLogger("stocksync.hub.writer")
 
@@ -39,8 +39,19 @@ MAX_GROUP_COMMANDS = 512
 """Most commands committed in one transaction; bounds a commit's duration."""
 
 
+class HaltedError(StoreError):
+    """Not written: an earlier write failed and the hub is rebuilding its state."""
+
+
 class Writer:
     """Serialises and group-commits every write to ``store``.
+
+    Every command was decided on the hub's in-memory state before it was
+    queued, on the understanding that the commands before it commit. So the
+    first command that fails **halts** the writer: the commands after it are
+    not run (they fail with :class:`HaltedError`), nothing new is accepted,
+    and ``on_halt`` is called; it rebuilds the in-memory state from the store
+    and calls :meth:`resume`. Failures are rare (a full disk, an I/O error).
 
     Args:
         store: the hub's store.
@@ -55,6 +66,9 @@ class Writer:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-writer")
         self._task: asyncio.Future[None] | None = None
         self._closing = False
+        self.halted: StocksyncError | None = None
+        """Why the writer stopped accepting commands, until :meth:`resume`."""
+        self.on_halt: Callable[[StocksyncError], None] | None = None
         self.commits = 0
         """Transactions committed so far (for tests and metrics)."""
 
@@ -71,6 +85,8 @@ class Writer:
         """
         if self._task is None or self._task.done() or self._closing:
             raise StoreError("hub is stopping; nothing more can be written")
+        if self.halted is not None:
+            raise HaltedError(f"hub is recovering from a failed write ({self.halted}); retry")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((command, future))
         self._wake.set()
@@ -91,16 +107,22 @@ class Writer:
                 continue
             group = self._queue[: self._max_group]
             del self._queue[: self._max_group]
+            if self.halted is not None:
+                _fail(group, HaltedError(f"not written: an earlier write failed ({self.halted})"))
+                continue
             try:
                 outcomes = await loop.run_in_executor(self._thread, self._commit, group)
             except StocksyncError as e:
                 # The transaction as a whole failed (begin or commit): nothing
                 # of the group was applied.
                 _fail(group, e)
+                self._halt(e)
                 continue
             except Exception:  # a bug: fail the callers, keep the writer going
                 log.exception("commit failed")
-                _fail(group, StoreError("hub store failed (the hub's log says why)"))
+                error = StoreError("hub store failed (the hub's log says why)")
+                _fail(group, error)
+                self._halt(error)
                 continue
             self.commits += 1
             for (_, future), (ok, value) in zip(group, outcomes, strict=True):
@@ -110,10 +132,42 @@ class Writer:
                     future.set_result(value)
                 else:
                     future.set_exception(value)
+            failed = next((value for ok, value in outcomes if not ok), None)
+            if failed is not None:
+                self._halt(failed)
+
+    def _halt(self, error: StocksyncError) -> None:
+        if self.halted is not None:
+            return
+        self.halted = error
+        log.error("a write failed (%s): the hub rebuilds its state from the store", error)
+        _fail(self._queue, HaltedError(f"not written: an earlier write failed ({error})"))
+        self._queue.clear()
+        if self.on_halt is not None:
+            self.on_halt(error)
+        else:
+            self.halted = None  # no in-memory state to rebuild
+
+    def resume(self) -> None:
+        """Accept commands again (the in-memory state matches the store)."""
+        self.halted = None
+
+    async def idle(self) -> None:
+        """Wait until nothing is queued or being committed."""
+        while self._queue:
+            await asyncio.sleep(0.001)
+        await asyncio.get_running_loop().run_in_executor(self._thread, lambda: None)
+
+    async def read(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writer thread, between transactions."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     def _commit(self, group: list[tuple[Command, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
-        """Run on the writer thread: one transaction, one savepoint per command."""
-        outcomes: list[tuple[bool, Any]] = []
+        """Run on the writer thread: one transaction, one savepoint per command.
+
+        After a command fails, the rest of the group is not run: it was decided
+        on the understanding that the failed one would commit.
+        """
         if len(group) == 1:
             # Alone in its transaction: a failure rolls back only this command
             # anyway, and a savepoint would cost a statement journal.
@@ -123,8 +177,12 @@ class Writer:
                     return [(True, command(tx))]
             except StocksyncError as e:
                 return [(False, e)]
+        outcomes: list[tuple[bool, Any]] = []
         with self._store.transaction() as tx:
             for command, _ in group:
+                if outcomes and not outcomes[-1][0]:
+                    outcomes.append((False, HaltedError("not written: an earlier write failed")))
+                    continue
                 try:
                     with tx.savepoint():
                         outcomes.append((True, command(tx)))

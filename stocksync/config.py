@@ -144,6 +144,18 @@ class HubConfig:
     hello_timeout_s: float = _knob(10.0, "A stream that sends no Hello within this is closed.")
     ping_interval_s: float = _knob(15.0, "How often the hub pings each agent.")
     grace_s: float = _knob(5.0, "On SIGTERM, how long in-flight batches get to finish.")
+    reservation_ttl_s: float = _knob(
+        900.0, "A held (unpaid) reservation expires after this, unless Reserve gives a ttl."
+    )
+    stale_after_s: float = _knob(
+        60.0, "A warehouse silent this long is stale: its stock counts less (stale_buffer)."
+    )
+    stale_buffer: float = _knob(
+        0.2, "Share of a stale warehouse's on_hand held back from sale (0-1)."
+    )
+    offline_after_s: float = _knob(
+        300.0, "A warehouse silent this long is offline: it adds nothing new to what is sellable."
+    )
 
     def validate(self) -> HubConfig:
         """Check every field; returns self.
@@ -157,6 +169,10 @@ class HubConfig:
         _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)
         _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
         _check_range("grace_s", self.grace_s, 0, 3600)
+        _check_range("reservation_ttl_s", self.reservation_ttl_s, 1, 86_400)
+        _check_range("stale_after_s", self.stale_after_s, 1, 86_400)
+        _check_range("stale_buffer", self.stale_buffer, 0, 1)
+        _check_range("offline_after_s", self.offline_after_s, self.stale_after_s, 7 * 86_400)
         _check_tls(self)
         return self
 

@@ -238,7 +238,7 @@ class AgentState(enum.Enum):
 AGENT_ACCEPTS: dict[AgentState, frozenset[str]] = {
     AgentState.CONNECTING: frozenset({"welcome"}),
     AgentState.SNAPSHOT: frozenset({"ack", "ping"}),
-    AgentState.STREAMING: frozenset({"ack", "ping", "snapshot_request", "pick"}),
+    AgentState.STREAMING: frozenset({"ack", "ping", "snapshot_request", "pick", "cancel_pick"}),
     AgentState.CLOSED: frozenset(),
 }
 """Which hub message each agent state accepts; anything else is a violation."""

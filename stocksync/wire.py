@@ -33,6 +33,7 @@ __all__ = [
     "batch_rows",
     "hello_info",
     "hello_message",
+    "pick_message",
     "welcome_info",
     "welcome_message",
 ]
@@ -216,6 +217,37 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
         )
         expected += 1
     return rows
+
+
+class PickLike(Protocol):
+    """A pick command or its cancellation, as the hub's ledger holds it."""
+
+    command_id: str
+    reservation_id: str
+    sku: str
+    qty: int
+    cancels: str
+
+
+def pick_message(pick: PickLike) -> sync_pb2.SyncResponse:
+    """A PickCommand, or a PickCancel when the command withdraws another."""
+    if pick.cancels:
+        return sync_pb2.SyncResponse(
+            cancel_pick=sync_pb2.PickCancel(
+                command_id=pick.command_id,
+                cancels_command_id=pick.cancels,
+                reservation_id=pick.reservation_id,
+                sku=pick.sku,
+            )
+        )
+    return sync_pb2.SyncResponse(
+        pick=sync_pb2.PickCommand(
+            command_id=pick.command_id,
+            reservation_id=pick.reservation_id,
+            sku=pick.sku,
+            quantity=pick.qty,
+        )
+    )
 
 
 class _Writable(Protocol):

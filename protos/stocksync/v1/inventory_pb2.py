@@ -24,27 +24,73 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstocksync/v1/inventory.proto\x12\x0cstocksync.v1\"\x1f\n\x0fGetStockRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\"4\n\x0eWarehouseStock\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x12\"\\\n\nSkuSummary\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x12\x12\x30\n\nwarehouses\x18\x03 \x03(\x0b\x32\x1c.stocksync.v1.WarehouseStock\":\n\x10GetStockResponse\x12&\n\x04skus\x18\x01 \x03(\x0b\x32\x18.stocksync.v1.SkuSummary\"\x17\n\x15ListWarehousesRequest\"\xb5\x01\n\x0fWarehouseStatus\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x11\n\twatermark\x18\x04 \x01(\x04\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x03\x12\x12\n\nlag_events\x18\x06 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x07 \x01(\x01\x12\x16\n\x0e\x61gent_high_seq\x18\x08 \x01(\x04\"K\n\x16ListWarehousesResponse\x12\x31\n\nwarehouses\x18\x01 \x03(\x0b\x32\x1d.stocksync.v1.WarehouseStatus2\xba\x01\n\x10InventoryService\x12I\n\x08GetStock\x12\x1d.stocksync.v1.GetStockRequest\x1a\x1e.stocksync.v1.GetStockResponse\x12[\n\x0eListWarehouses\x12#.stocksync.v1.ListWarehousesRequest\x1a$.stocksync.v1.ListWarehousesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cstocksync/v1/inventory.proto\x12\x0cstocksync.v1\"0\n\x0fGetStockRequest\x12\x0c\n\x04skus\x18\x01 \x03(\t\x12\x0f\n\x07room_id\x18\x02 \x01(\t\"\xb0\x01\n\x0eWarehouseStock\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x12\x12\x11\n\tcommitted\x18\x03 \x01(\x12\x12\x11\n\tavailable\x18\x04 \x01(\x12\x12\r\n\x05stale\x18\x05 \x01(\x08\x12*\n\tfreshness\x18\x06 \x01(\x0e\x32\x17.stocksync.v1.Freshness\x12\x19\n\x11last_seen_unix_ms\x18\x07 \x01(\x03\"\xb9\x01\n\nSkuSummary\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x12\x12\x30\n\nwarehouses\x18\x03 \x03(\x0b\x32\x1c.stocksync.v1.WarehouseStock\x12\x10\n\x08sellable\x18\x04 \x01(\x03\x12\x0c\n\x04held\x18\x05 \x01(\x03\x12\x11\n\tcommitted\x18\x06 \x01(\x03\x12\x14\n\x0csafety_stock\x18\x07 \x01(\x03\x12\x12\n\nquota_free\x18\x08 \x01(\x03\":\n\x10GetStockResponse\x12&\n\x04skus\x18\x01 \x03(\x0b\x32\x18.stocksync.v1.SkuSummary\"\x17\n\x15ListWarehousesRequest\"\xe1\x01\n\x0fWarehouseStatus\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\x11\n\tconnected\x18\x02 \x01(\x08\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12\x11\n\twatermark\x18\x04 \x01(\x04\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x03\x12\x12\n\nlag_events\x18\x06 \x01(\x04\x12\x13\n\x0blag_seconds\x18\x07 \x01(\x01\x12\x16\n\x0e\x61gent_high_seq\x18\x08 \x01(\x04\x12*\n\tfreshness\x18\t \x01(\x0e\x32\x17.stocksync.v1.Freshness\"K\n\x16ListWarehousesResponse\x12\x31\n\nwarehouses\x18\x01 \x03(\x0b\x32\x1d.stocksync.v1.WarehouseStatus\"\'\n\x0bReserveLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0b\n\x03qty\x18\x02 \x01(\r\"y\n\x0eReserveRequest\x12(\n\x05lines\x18\x01 \x03(\x0b\x32\x19.stocksync.v1.ReserveLine\x12\x0f\n\x07room_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x04 \x01(\r\"=\n\nAllocation\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\x0b\n\x03qty\x18\x02 \x01(\x03\x12\x0f\n\x07shipped\x18\x03 \x01(\x03\"\x9a\x01\n\x0fReservationLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0b\n\x03qty\x18\x02 \x01(\x03\x12\x12\n\nfrom_quota\x18\x03 \x01(\x03\x12\x19\n\x11sellable_at_grant\x18\x04 \x01(\x03\x12-\n\x0b\x61llocations\x18\x05 \x03(\x0b\x32\x18.stocksync.v1.Allocation\x12\x0f\n\x07\x61t_risk\x18\x06 \x01(\x03\"\xe2\x01\n\x0bReservation\x12\n\n\x02id\x18\x01 \x01(\t\x12/\n\x06status\x18\x02 \x01(\x0e\x32\x1f.stocksync.v1.ReservationStatus\x12\x0f\n\x07room_id\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12,\n\x05lines\x18\x05 \x03(\x0b\x32\x1d.stocksync.v1.ReservationLine\x12\x17\n\x0f\x63reated_unix_ms\x18\x06 \x01(\x03\x12\x15\n\rexpires_in_ms\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\"A\n\x0fReserveResponse\x12.\n\x0breservation\x18\x01 \x01(\x0b\x32\x19.stocksync.v1.Reservation\"\'\n\rCommitRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"@\n\x0e\x43ommitResponse\x12.\n\x0breservation\x18\x01 \x01(\x0b\x32\x19.stocksync.v1.Reservation\"(\n\x0eReleaseRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"A\n\x0fReleaseResponse\x12.\n\x0breservation\x18\x01 \x01(\x0b\x32\x19.stocksync.v1.Reservation\"/\n\x15GetReservationRequest\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\"H\n\x16GetReservationResponse\x12.\n\x0breservation\x18\x01 \x01(\x0b\x32\x19.stocksync.v1.Reservation\"<\n\x0fSetQuotaRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0b\n\x03qty\x18\x03 \x01(\r\")\n\x10SetQuotaResponse\x12\x15\n\rroom_sellable\x18\x01 \x01(\x03\"3\n\x13ReleaseQuotaRequest\x12\x0f\n\x07room_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\"\x16\n\x14ReleaseQuotaResponse\"3\n\x15SetSafetyStockRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\r\"\x18\n\x16SetSafetyStockResponse\"8\n\x14ListConflictsRequest\x12\x11\n\topen_only\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\r\"\xb6\x01\n\x08\x43onflict\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12\x11\n\twarehouse\x18\x04 \x01(\t\x12\r\n\x05units\x18\x05 \x01(\x03\x12\x16\n\x0ereservation_id\x18\x06 \x01(\t\x12\r\n\x05\x63\x61use\x18\x07 \x01(\t\x12\x12\n\nat_unix_ms\x18\x08 \x01(\x03\x12\x18\n\x10resolved_unix_ms\x18\t \x01(\x03\x12\x0c\n\x04open\x18\n \x01(\x08\"B\n\x15ListConflictsResponse\x12)\n\tconflicts\x18\x01 \x03(\x0b\x32\x16.stocksync.v1.Conflict*g\n\tFreshness\x12\x19\n\x15\x46RESHNESS_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x46RESHNESS_FRESH\x10\x01\x12\x13\n\x0f\x46RESHNESS_STALE\x10\x02\x12\x15\n\x11\x46RESHNESS_OFFLINE\x10\x03*\xd7\x01\n\x11ReservationStatus\x12\"\n\x1eRESERVATION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESERVATION_STATUS_HELD\x10\x01\x12 \n\x1cRESERVATION_STATUS_COMMITTED\x10\x02\x12\x1e\n\x1aRESERVATION_STATUS_SETTLED\x10\x03\x12\x1f\n\x1bRESERVATION_STATUS_RELEASED\x10\x04\x12\x1e\n\x1aRESERVATION_STATUS_AT_RISK\x10\x05\x32\xc5\x06\n\x10InventoryService\x12I\n\x08GetStock\x12\x1d.stocksync.v1.GetStockRequest\x1a\x1e.stocksync.v1.GetStockResponse\x12[\n\x0eListWarehouses\x12#.stocksync.v1.ListWarehousesRequest\x1a$.stocksync.v1.ListWarehousesResponse\x12\x46\n\x07Reserve\x12\x1c.stocksync.v1.ReserveRequest\x1a\x1d.stocksync.v1.ReserveResponse\x12\x43\n\x06\x43ommit\x12\x1b.stocksync.v1.CommitRequest\x1a\x1c.stocksync.v1.CommitResponse\x12\x46\n\x07Release\x12\x1c.stocksync.v1.ReleaseRequest\x1a\x1d.stocksync.v1.ReleaseResponse\x12[\n\x0eGetReservation\x12#.stocksync.v1.GetReservationRequest\x1a$.stocksync.v1.GetReservationResponse\x12I\n\x08SetQuota\x12\x1d.stocksync.v1.SetQuotaRequest\x1a\x1e.stocksync.v1.SetQuotaResponse\x12U\n\x0cReleaseQuota\x12!.stocksync.v1.ReleaseQuotaRequest\x1a\".stocksync.v1.ReleaseQuotaResponse\x12[\n\x0eSetSafetyStock\x12#.stocksync.v1.SetSafetyStockRequest\x1a$.stocksync.v1.SetSafetyStockResponse\x12X\n\rListConflicts\x12\".stocksync.v1.ListConflictsRequest\x1a#.stocksync.v1.ListConflictsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stocksync.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_FRESHNESS']._serialized_start=2444
+  _globals['_FRESHNESS']._serialized_end=2547
+  _globals['_RESERVATIONSTATUS']._serialized_start=2550
+  _globals['_RESERVATIONSTATUS']._serialized_end=2765
   _globals['_GETSTOCKREQUEST']._serialized_start=46
-  _globals['_GETSTOCKREQUEST']._serialized_end=77
-  _globals['_WAREHOUSESTOCK']._serialized_start=79
-  _globals['_WAREHOUSESTOCK']._serialized_end=131
-  _globals['_SKUSUMMARY']._serialized_start=133
-  _globals['_SKUSUMMARY']._serialized_end=225
-  _globals['_GETSTOCKRESPONSE']._serialized_start=227
-  _globals['_GETSTOCKRESPONSE']._serialized_end=285
-  _globals['_LISTWAREHOUSESREQUEST']._serialized_start=287
-  _globals['_LISTWAREHOUSESREQUEST']._serialized_end=310
-  _globals['_WAREHOUSESTATUS']._serialized_start=313
-  _globals['_WAREHOUSESTATUS']._serialized_end=494
-  _globals['_LISTWAREHOUSESRESPONSE']._serialized_start=496
-  _globals['_LISTWAREHOUSESRESPONSE']._serialized_end=571
-  _globals['_INVENTORYSERVICE']._serialized_start=574
-  _globals['_INVENTORYSERVICE']._serialized_end=760
+  _globals['_GETSTOCKREQUEST']._serialized_end=94
+  _globals['_WAREHOUSESTOCK']._serialized_start=97
+  _globals['_WAREHOUSESTOCK']._serialized_end=273
+  _globals['_SKUSUMMARY']._serialized_start=276
+  _globals['_SKUSUMMARY']._serialized_end=461
+  _globals['_GETSTOCKRESPONSE']._serialized_start=463
+  _globals['_GETSTOCKRESPONSE']._serialized_end=521
+  _globals['_LISTWAREHOUSESREQUEST']._serialized_start=523
+  _globals['_LISTWAREHOUSESREQUEST']._serialized_end=546
+  _globals['_WAREHOUSESTATUS']._serialized_start=549
+  _globals['_WAREHOUSESTATUS']._serialized_end=774
+  _globals['_LISTWAREHOUSESRESPONSE']._serialized_start=776
+  _globals['_LISTWAREHOUSESRESPONSE']._serialized_end=851
+  _globals['_RESERVELINE']._serialized_start=853
+  _globals['_RESERVELINE']._serialized_end=892
+  _globals['_RESERVEREQUEST']._serialized_start=894
+  _globals['_RESERVEREQUEST']._serialized_end=1015
+  _globals['_ALLOCATION']._serialized_start=1017
+  _globals['_ALLOCATION']._serialized_end=1078
+  _globals['_RESERVATIONLINE']._serialized_start=1081
+  _globals['_RESERVATIONLINE']._serialized_end=1235
+  _globals['_RESERVATION']._serialized_start=1238
+  _globals['_RESERVATION']._serialized_end=1464
+  _globals['_RESERVERESPONSE']._serialized_start=1466
+  _globals['_RESERVERESPONSE']._serialized_end=1531
+  _globals['_COMMITREQUEST']._serialized_start=1533
+  _globals['_COMMITREQUEST']._serialized_end=1572
+  _globals['_COMMITRESPONSE']._serialized_start=1574
+  _globals['_COMMITRESPONSE']._serialized_end=1638
+  _globals['_RELEASEREQUEST']._serialized_start=1640
+  _globals['_RELEASEREQUEST']._serialized_end=1680
+  _globals['_RELEASERESPONSE']._serialized_start=1682
+  _globals['_RELEASERESPONSE']._serialized_end=1747
+  _globals['_GETRESERVATIONREQUEST']._serialized_start=1749
+  _globals['_GETRESERVATIONREQUEST']._serialized_end=1796
+  _globals['_GETRESERVATIONRESPONSE']._serialized_start=1798
+  _globals['_GETRESERVATIONRESPONSE']._serialized_end=1870
+  _globals['_SETQUOTAREQUEST']._serialized_start=1872
+  _globals['_SETQUOTAREQUEST']._serialized_end=1932
+  _globals['_SETQUOTARESPONSE']._serialized_start=1934
+  _globals['_SETQUOTARESPONSE']._serialized_end=1975
+  _globals['_RELEASEQUOTAREQUEST']._serialized_start=1977
+  _globals['_RELEASEQUOTAREQUEST']._serialized_end=2028
+  _globals['_RELEASEQUOTARESPONSE']._serialized_start=2030
+  _globals['_RELEASEQUOTARESPONSE']._serialized_end=2052
+  _globals['_SETSAFETYSTOCKREQUEST']._serialized_start=2054
+  _globals['_SETSAFETYSTOCKREQUEST']._serialized_end=2105
+  _globals['_SETSAFETYSTOCKRESPONSE']._serialized_start=2107
+  _globals['_SETSAFETYSTOCKRESPONSE']._serialized_end=2131
+  _globals['_LISTCONFLICTSREQUEST']._serialized_start=2133
+  _globals['_LISTCONFLICTSREQUEST']._serialized_end=2189
+  _globals['_CONFLICT']._serialized_start=2192
+  _globals['_CONFLICT']._serialized_end=2374
+  _globals['_LISTCONFLICTSRESPONSE']._serialized_start=2376
+  _globals['_LISTCONFLICTSRESPONSE']._serialized_end=2442
+  _globals['_INVENTORYSERVICE']._serialized_start=2768
+  _globals['_INVENTORYSERVICE']._serialized_end=3605
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class InventoryServiceStub:
-    """InventoryService answers questions about what the hub holds.
+    """InventoryService answers what the hub holds and takes reservations.
     """
 
     def __init__(self, channel):
@@ -45,14 +45,54 @@ class InventoryServiceStub:
                 request_serializer=stocksync_dot_v1_dot_inventory__pb2.ListWarehousesRequest.SerializeToString,
                 response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ListWarehousesResponse.FromString,
                 _registered_method=True)
+        self.Reserve = channel.unary_unary(
+                '/stocksync.v1.InventoryService/Reserve',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.ReserveRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ReserveResponse.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/stocksync.v1.InventoryService/Commit',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.CommitRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.CommitResponse.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/stocksync.v1.InventoryService/Release',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseResponse.FromString,
+                _registered_method=True)
+        self.GetReservation = channel.unary_unary(
+                '/stocksync.v1.InventoryService/GetReservation',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.GetReservationResponse.FromString,
+                _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/stocksync.v1.InventoryService/SetQuota',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.SetQuotaResponse.FromString,
+                _registered_method=True)
+        self.ReleaseQuota = channel.unary_unary(
+                '/stocksync.v1.InventoryService/ReleaseQuota',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseQuotaRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseQuotaResponse.FromString,
+                _registered_method=True)
+        self.SetSafetyStock = channel.unary_unary(
+                '/stocksync.v1.InventoryService/SetSafetyStock',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.SetSafetyStockRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.SetSafetyStockResponse.FromString,
+                _registered_method=True)
+        self.ListConflicts = channel.unary_unary(
+                '/stocksync.v1.InventoryService/ListConflicts',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
-    """InventoryService answers questions about what the hub holds.
+    """InventoryService answers what the hub holds and takes reservations.
     """
 
     def GetStock(self, request, context):
-        """GetStock returns on_hand per warehouse for each requested SKU.
+        """GetStock returns sellable and the per-warehouse breakdown of each SKU.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +100,71 @@ class InventoryServiceServicer:
 
     def ListWarehouses(self, request, context):
         """ListWarehouses returns every warehouse the hub has heard from.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Reserve(self, request, context):
+        """Reserve holds every line, or none (RESOURCE_EXHAUSTED names the SKU and
+        its sellable). Idempotent by idempotency_key: the same key returns the
+        same reservation; the same key with other lines is INVALID_ARGUMENT. The
+        answer comes only once the reservation is durable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Commit marks a held reservation paid: each line is allocated to
+        warehouses and a pick command goes to each. Idempotent. A released,
+        expired or at-risk reservation is FAILED_PRECONDITION; an unknown one
+        NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Release cancels a held or committed reservation (its pick commands are
+        withdrawn). Idempotent; a settled reservation is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReservation(self, request, context):
+        """GetReservation returns a reservation as it stands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetQuota(self, request, context):
+        """SetQuota sets aside units of a SKU that only one room may sell (a flash
+        sale), taken from what is sellable, atomically.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseQuota(self, request, context):
+        """ReleaseQuota returns a room's unsold quota (one SKU, or all) to sale.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetSafetyStock(self, request, context):
+        """SetSafetyStock keeps units of a SKU back from sale.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConflicts(self, request, context):
+        """ListConflicts returns what the hub found wrong (oversold units, negative
+        stock, shipments of unknown reservations...), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +183,46 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ListWarehousesRequest.FromString,
                     response_serializer=stocksync_dot_v1_dot_inventory__pb2.ListWarehousesResponse.SerializeToString,
             ),
+            'Reserve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Reserve,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ReserveRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.ReserveResponse.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.CommitRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.CommitResponse.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'GetReservation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReservation,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.GetReservationRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.GetReservationResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.SetQuotaRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'ReleaseQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseQuota,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseQuotaRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.ReleaseQuotaResponse.SerializeToString,
+            ),
+            'SetSafetyStock': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetSafetyStock,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.SetSafetyStockRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.SetSafetyStockResponse.SerializeToString,
+            ),
+            'ListConflicts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConflicts,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'stocksync.v1.InventoryService', rpc_method_handlers)
@@ -87,7 +232,7 @@ def add_InventoryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InventoryService:
-    """InventoryService answers questions about what the hub holds.
+    """InventoryService answers what the hub holds and takes reservations.
     """
 
     @staticmethod
@@ -134,6 +279,222 @@ class InventoryService:
             '/stocksync.v1.InventoryService/ListWarehouses',
             stocksync_dot_v1_dot_inventory__pb2.ListWarehousesRequest.SerializeToString,
             stocksync_dot_v1_dot_inventory__pb2.ListWarehousesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Reserve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/Reserve',
+            stocksync_dot_v1_dot_inventory__pb2.ReserveRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.ReserveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/Commit',
+            stocksync_dot_v1_dot_inventory__pb2.CommitRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.CommitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/Release',
+            stocksync_dot_v1_dot_inventory__pb2.ReleaseRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReservation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/GetReservation',
+            stocksync_dot_v1_dot_inventory__pb2.GetReservationRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.GetReservationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/SetQuota',
+            stocksync_dot_v1_dot_inventory__pb2.SetQuotaRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/ReleaseQuota',
+            stocksync_dot_v1_dot_inventory__pb2.ReleaseQuotaRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.ReleaseQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetSafetyStock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/SetSafetyStock',
+            stocksync_dot_v1_dot_inventory__pb2.SetSafetyStockRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.SetSafetyStockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConflicts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/ListConflicts',
+            stocksync_dot_v1_dot_inventory__pb2.ListConflictsRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.ListConflictsResponse.FromString,
             options,
             channel_credentials,
             insecure,

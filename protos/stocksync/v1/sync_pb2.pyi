@@ -147,25 +147,41 @@ class SnapshotRequest(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class PickCommand(_message.Message):
-    __slots__ = ("reservation_id", "sku", "quantity")
+    __slots__ = ("reservation_id", "sku", "quantity", "command_id")
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
     QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     reservation_id: str
     sku: str
     quantity: int
-    def __init__(self, reservation_id: _Optional[str] = ..., sku: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
+    command_id: str
+    def __init__(self, reservation_id: _Optional[str] = ..., sku: _Optional[str] = ..., quantity: _Optional[int] = ..., command_id: _Optional[str] = ...) -> None: ...
+
+class PickCancel(_message.Message):
+    __slots__ = ("command_id", "cancels_command_id", "reservation_id", "sku")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCELS_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    cancels_command_id: str
+    reservation_id: str
+    sku: str
+    def __init__(self, command_id: _Optional[str] = ..., cancels_command_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., sku: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("welcome", "ack", "ping", "snapshot_request", "pick")
+    __slots__ = ("welcome", "ack", "ping", "snapshot_request", "pick", "cancel_pick")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PICK_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_PICK_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     ping: Ping
     snapshot_request: SnapshotRequest
     pick: PickCommand
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., pick: _Optional[_Union[PickCommand, _Mapping]] = ...) -> None: ...
+    cancel_pick: PickCancel
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., pick: _Optional[_Union[PickCommand, _Mapping]] = ..., cancel_pick: _Optional[_Union[PickCancel, _Mapping]] = ...) -> None: ...
