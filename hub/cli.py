@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
 
 import click
-import grpc
 
 from stocksync.cli_common import (
     LazyGroup,
@@ -21,61 +21,16 @@ from stocksync.cli_common import (
 )
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
+from stocksync.hub.check import check_store
+from stocksync.hub.cli_client import channel, client_options, json_option, query
+from stocksync.hub.cli_reservations import COMMANDS
 from stocksync.hub.server import Hub, write_ready_file
-from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
+from stocksync.v1 import inventory_pb2
 
-__all__ = ["main"]
+__all__ = ["client_options", "json_option", "main"]
 
-hub_option = click.option(
-    "--hub",
-    "target",
-    envvar="STOCKSYNC_HUB_ADDRESS",
-    default="127.0.0.1:50051",
-    show_default=True,
-    help="The running hub's HOST:PORT (env STOCKSYNC_HUB_ADDRESS).",
-)
-json_option = click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-
-
-def client_options(command: Any) -> Any:
-    """--hub plus how to reach it: mutual TLS files, or --insecure."""
-    for option in reversed(
-        [
-            hub_option,
-            click.option(
-                "--insecure",
-                is_flag=True,
-                envvar="STOCKSYNC_CLIENT_INSECURE",
-                help="Plaintext (env STOCKSYNC_CLIENT_INSECURE).",
-            ),
-            click.option(
-                "--tls-cert", envvar="STOCKSYNC_CLIENT_TLS_CERT", help="Client cert (PEM)."
-            ),
-            click.option("--tls-key", envvar="STOCKSYNC_CLIENT_TLS_KEY", help="Its key (PEM)."),
-            click.option("--tls-ca", envvar="STOCKSYNC_CLIENT_TLS_CA", help="CA of the hub (PEM)."),
-        ]
-    ):
-        command = option(command)
-    return command
-
-
-def _channel(target: str, insecure: bool, tls: dict[str, str | None]) -> grpc.Channel:
-    if insecure:
-        return grpc.insecure_channel(target)
-    missing = [f"--{k.replace('_', '-')}" for k, v in tls.items() if not v]
-    if missing:
-        raise click.UsageError(
-            f"{', '.join(missing)} required for mutual TLS (or --insecure for plaintext)"
-        )
-    try:
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=Path(str(tls["tls_ca"])).read_bytes(),
-            private_key=Path(str(tls["tls_key"])).read_bytes(),
-            certificate_chain=Path(str(tls["tls_cert"])).read_bytes(),
-        )
-    except OSError as e:
-        raise click.UsageError(f"cannot read {e.filename}: {e.strerror}") from None
-    return grpc.secure_channel(target, creds)
+# The connection helpers live in cli_client; names kept here for importers.
+_channel = channel
 
 
 @click.group(
@@ -146,44 +101,113 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     run_until_signal(main_)
 
 
-def _query(target: str, call: str, request: Any, insecure: bool, **tls: str | None) -> Any:
-    with _channel(target, insecure, tls) as channel:
-        stub = inventory_pb2_grpc.InventoryServiceStub(channel)
-        try:
-            return getattr(stub, call)(request, timeout=10)
-        except grpc.RpcError as e:
-            code = e.code()
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise click.ClickException(f"no hub answering at {target}") from None
-            raise click.ClickException(f"{code.name}: {e.details()}") from None
-
-
 @main.command()
 @click.argument("skus", metavar="SKU...", nargs=-1, required=True)
+@click.option("--room", default="", help="Sellable as this room sees it (its quota included).")
 @client_options
 @json_option
-def stock(skus: tuple[str, ...], target: str, as_json: bool, **conn: Any) -> None:
-    """Show on_hand of SKUs, in total and per warehouse.
+def stock(skus: tuple[str, ...], room: str, target: str, as_json: bool, **conn: Any) -> None:
+    """Show sellable and on_hand of SKUs, in total and per warehouse.
+
+    Per warehouse: on_hand, committed (paid, not yet shipped), available
+    (what new reservations may draw on) and whether its figures are stale.
 
     Example:
 
         stocksync-hub stock SKU-1 SKU-2 --json --insecure
     """
-    reply = _query(target, "GetStock", inventory_pb2.GetStockRequest(skus=list(skus)), **conn)
+    request = inventory_pb2.GetStockRequest(skus=list(skus), room_id=room)
+    reply = query(target, "GetStock", request, **conn)
     items = [
         {
             "sku": s.sku,
+            "sellable": s.sellable,
             "on_hand": s.on_hand,
-            "warehouses": {w.warehouse: {"on_hand": w.on_hand} for w in s.warehouses},
+            "held": s.held,
+            "committed": s.committed,
+            "safety_stock": s.safety_stock,
+            "quota_free": s.quota_free,
+            "warehouses": {
+                w.warehouse: {
+                    "on_hand": w.on_hand,
+                    "committed": w.committed,
+                    "available": w.available,
+                    "stale": w.stale,
+                    "freshness": inventory_pb2.Freshness.Name(w.freshness)
+                    .removeprefix("FRESHNESS_")
+                    .lower(),
+                    "last_seen_unix_ms": w.last_seen_unix_ms,
+                }
+                for w in s.warehouses
+            },
         }
         for s in reply.skus
     ]
     if as_json:
         click.echo(json.dumps(items[0] if len(items) == 1 else items))
         return
+    click.echo(f"{'SKU':<24}{'SELLABLE':>9}{'ON_HAND':>9}{'HELD':>7}{'COMMIT':>8}  WAREHOUSES")
     for item in items:
-        per = "  ".join(f"{w}={v['on_hand']}" for w, v in item["warehouses"].items())
-        click.echo(f"{item['sku']:<24}{item['on_hand']:>10}  {per}")
+        per = "  ".join(
+            f"{w}={v['on_hand']}/{v['available']}{'*' if v['stale'] else ''}"
+            for w, v in item["warehouses"].items()
+        )
+        click.echo(
+            f"{item['sku']:<24}{item['sellable']:>9}{item['on_hand']:>9}{item['held']:>7}"
+            f"{item['committed']:>8}  {per}"
+        )
+    if any(v["stale"] for item in items for v in item["warehouses"].values()):
+        click.echo("(per warehouse: on_hand/available; * = stale or offline)")
+
+
+@main.command()
+@click.option(
+    "--db",
+    type=click.Path(dir_okay=False),
+    default="stocksync-hub.db",
+    show_default=True,
+    help="The hub's store.",
+)
+@json_option
+def check(db: str, as_json: bool) -> None:
+    """Recompute every quantity from the stored history and verify the invariants.
+
+    Safe to run while the hub serves (it reads one consistent snapshot).
+    Exits 1 naming each violation, 0 when the store is sound.
+
+    Example:
+
+        stocksync-hub check --db /var/lib/stocksync/hub.db
+    """
+    path = Path(db)
+    if not path.exists():
+        raise click.ClickException(f"no hub store at {db}")
+    try:
+        report = check_store(path)
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot read {db}: {e}") from None
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "violations": report.violations,
+                    "warehouses": report.warehouses,
+                    "events": report.events,
+                    "reservations": report.reservations,
+                }
+            )
+        )
+    else:
+        for violation in report.violations:
+            click.echo(f"VIOLATION: {violation}", err=True)
+        click.echo(
+            f"{'ok' if report.ok else f'{len(report.violations)} violation(s)'}: "
+            f"{report.warehouses} warehouses, {report.events} events, "
+            f"{report.reservations} reservations checked"
+        )
+    if not report.ok:
+        raise SystemExit(1)
 
 
 @main.command()
@@ -196,7 +220,7 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
 
         stocksync-hub warehouses --json --insecure
     """
-    reply = _query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest(), **conn)
+    reply = query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest(), **conn)
     now_ms = time.time_ns() // 1_000_000
     items = [
         {
@@ -226,6 +250,9 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
             f"{seen:>10}{i['lag_events']:>9}{i['lag_seconds']:>8.1f}  {i['epoch']}"
         )
 
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -7,6 +7,7 @@ so crash tests can ``kill -9`` them like an operator's bad day would.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -109,6 +110,13 @@ class AgentProcess:
 def read_only(path: Path) -> sqlite3.Connection:
     """Open a store for inspection without writing to it."""
     return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+
+
+def dump_hub(db: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table of a hub store (to prove bad input changed nothing)."""
+    with contextlib.closing(read_only(db)) as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: sorted(conn.execute(f"SELECT * FROM {t}").fetchall()) for t in sorted(tables)}
 
 
 def agent_on_hand(db: Path) -> dict[str, int]:

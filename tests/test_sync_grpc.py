@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import HubProcess, read_only, wait_until
+from conftest import HubProcess, dump_hub, read_only, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -128,11 +128,7 @@ def batch(*events: sync_pb2.Event, first_seq: int | None = None) -> sync_pb2.Bat
 
 def dump(db: Path) -> Dump:
     """Every row of the hub's durable tables."""
-    with contextlib.closing(read_only(db)) as conn:
-        return {
-            table: sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
-            for table in ("sources", "warehouses", "stock", "events")
-        }
+    return dump_hub(db)
 
 
 def stock_of(db: Path, warehouse: str) -> dict[str, int]:

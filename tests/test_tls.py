@@ -195,7 +195,9 @@ def test_agent_streams_over_mutual_tls(tmp_path: Path, pki: CA, tls_hub: tuple[s
             "--tls-cert", op_cert, "--tls-key", op_key, "--tls-ca", str(pki.path),
         )  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert json.loads(out.stdout)["warehouses"] == {"WH-LAX": {"on_hand": 7}}
+        item = json.loads(out.stdout)
+        assert item["sellable"] == 7
+        assert item["warehouses"]["WH-LAX"]["on_hand"] == 7
     finally:
         agent.terminate()
         assert agent.wait(30) == 0
