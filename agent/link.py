@@ -55,6 +55,9 @@ log = logging.getLogger("stocksync.agent")
 SNAPSHOT_CHUNK_SKUS = 5000
 """SKUs per snapshot message (keeps each well under the message size limit)."""
 
+GOODBYE_WAIT_S = 0.5
+"""After a failed write, how long to wait for the hub's Goodbye (the reason)."""
+
 BOOKKEEPING_INTERVAL_S = 0.5
 """How often the acked watermark and the daemon's state are written to the
 store. They only feed ``status`` and the next snapshot point; the hub's
@@ -71,6 +74,14 @@ class LinkLost(Exception):
 
 class _Stopped(Exception):
     """Raised out of a backoff sleep when the agent is asked to stop."""
+
+
+class HubGoodbye(Exception):
+    """The hub ended the stream and said why (its Goodbye message)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
 
 
 def channel_options(config: AgentConfig) -> list[tuple[str, Any]]:
@@ -223,6 +234,10 @@ class AgentLink:
                 raise LinkFailed(self._failed(f"hub {cfg.hub}: {await _status_of(call)}")) from None
             if reply is grpc.aio.EOF:
                 raise LinkFailed(self._failed(f"hub {cfg.hub}: {await _status_of(call)}"))
+            if reply.WhichOneof("message") == "goodbye":
+                call.cancel()
+                text = f"{reply.goodbye.code}: {reply.goodbye.detail}"
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {text}"))
             try:
                 session.receive(reply.WhichOneof("message"))
                 session.on_welcome(wire.welcome_info(reply.welcome), acked)
@@ -252,6 +267,9 @@ class AgentLink:
             refused = False
             try:
                 await self._exchange(wire.SerialWriter(call), call, session)
+            except HubGoodbye as e:
+                call.cancel()
+                error, refused = str(e), e.code in {c.name for c in _REFUSALS}
             except grpc.aio.AioRpcError as e:
                 error, refused = _describe(e), e.code() in _REFUSALS
             except asyncio.InvalidStateError:
@@ -278,14 +296,25 @@ class AgentLink:
 
     async def _exchange(self, out: wire.SerialWriter, call: Any, session: AgentSession) -> None:
         """Run sender, receiver and pinger until one ends or we stop."""
+        receiver = asyncio.ensure_future(self._receive_loop(out, call, session))
         tasks = {
             asyncio.ensure_future(self._send_loop(out, session)),
-            asyncio.ensure_future(self._receive_loop(out, call, session)),
+            receiver,
             asyncio.ensure_future(self._ping_loop(out, session)),
             asyncio.ensure_future(self._stop.wait()),
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if receiver not in done and any(
+                not t.cancelled() and isinstance(t.exception(), grpc.aio.AioRpcError) for t in done
+            ):
+                # A write failed as the stream ended: the hub's Goodbye, if it
+                # sent one, is in the receiver's hands and says why.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(GOODBYE_WAIT_S):
+                        await asyncio.wait({receiver})
+                if receiver.done() and isinstance(receiver.exception(), HubGoodbye):
+                    done = {receiver}
             for task in done:
                 if not task.cancelled() and (error := task.exception()) is not None:
                     raise error
@@ -350,6 +379,8 @@ class AgentLink:
                 return
             kind = msg.WhichOneof("message")
             session.receive(kind)
+            if kind == "goodbye":
+                raise HubGoodbye(msg.goodbye.code, msg.goodbye.detail)
             if kind == "ack":
                 session.on_ack(msg.ack.up_to_seq)
                 if session.acked > self._acked:

@@ -24,7 +24,7 @@ from stocksync.errors import StocksyncError
 from stocksync.hub.check import check_store
 from stocksync.hub.cli_client import channel, client_options, json_option, query
 from stocksync.hub.cli_reservations import COMMANDS
-from stocksync.hub.server import Hub, write_ready_file
+from stocksync.hub.server import Hub, check_free, write_ready_file
 from stocksync.v1 import inventory_pb2
 
 __all__ = ["client_options", "json_option", "main"]
@@ -81,6 +81,10 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     config = load_config(HubConfig, config_file, flags)
     setup_logging(verbose)
     try:
+        check_free(config.listen)  # before the store is opened (or created)
+    except RuntimeError as e:
+        raise click.ClickException(str(e)) from None
+    try:
         hub = Hub(config)
     except StocksyncError as e:  # an unreadable or foreign database file
         raise click.ClickException(f"cannot open hub store {config.db}: {e}") from None
@@ -95,6 +99,7 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
         if ready_file:
             write_ready_file(ready_file, port=hub.port, listen=config.listen)
         await stop.wait()
+        click.echo("stocksync hub stopping: agents are told, queued writes finish", err=True)
         await hub.stop()
 
     tune_gc()
@@ -214,7 +219,7 @@ def check(db: str, as_json: bool) -> None:
 @client_options
 @json_option
 def warehouses(target: str, as_json: bool, **conn: Any) -> None:
-    """Show every warehouse: connected, epoch, watermark, last seen, lag.
+    """Show every warehouse: connected, freshness, epoch, watermark, last seen, lag, alerts.
 
     Example:
 
@@ -234,6 +239,10 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
             else None,
             "lag_events": w.lag_events,
             "lag_seconds": w.lag_seconds,
+            "freshness": inventory_pb2.Freshness.Name(w.freshness)
+            .removeprefix("FRESHNESS_")
+            .lower(),
+            "alerts": list(w.alerts),
         }
         for w in reply.warehouses
     ]
@@ -241,14 +250,18 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
         click.echo(json.dumps(items))
         return
     click.echo(
-        f"{'WAREHOUSE':<12}{'CONN':<6}{'WATERMARK':>10}{'SEEN':>10}{'LAG':>9}{'LAG_S':>8}  EPOCH"
+        f"{'WAREHOUSE':<12}{'CONN':<6}{'STATE':<8}{'WATERMARK':>10}{'SEEN':>10}{'LAG':>9}"
+        f"{'LAG_S':>8}  EPOCH"
     )
     for i in items:
         seen = "-" if i["last_seen_ago_s"] is None else f"{i['last_seen_ago_s']:.0f}s ago"
         click.echo(
-            f"{i['warehouse']:<12}{'yes' if i['connected'] else 'no':<6}{i['watermark']:>10}"
-            f"{seen:>10}{i['lag_events']:>9}{i['lag_seconds']:>8.1f}  {i['epoch']}"
+            f"{i['warehouse']:<12}{'yes' if i['connected'] else 'no':<6}{i['freshness']:<8}"
+            f"{i['watermark']:>10}{seen:>10}{i['lag_events']:>9}{i['lag_seconds']:>8.1f}"
+            f"  {i['epoch']}"
         )
+        for alert in i["alerts"]:
+            click.echo(f"  ALERT {alert}")
 
 
 for _command in COMMANDS:

@@ -200,19 +200,35 @@ def safety_stock(sku: str, units: int, target: str, **conn: Any) -> None:
 @click.command()
 @click.option("--open", "open_only", is_flag=True, help="Only conflicts still open.")
 @click.option("--limit", type=click.IntRange(min=1, max=10_000), default=100, show_default=True)
+@click.option("--resolve", "resolve_id", type=int, default=None, help="Close open conflict ID.")
 @client_options
 @json_option
-def conflicts(open_only: bool, limit: int, target: str, as_json: bool, **conn: Any) -> None:
+def conflicts(
+    open_only: bool,
+    limit: int,
+    resolve_id: int | None,
+    target: str,
+    as_json: bool,
+    **conn: Any,
+) -> None:
     """List what the hub found wrong: oversold units, negative stock, ...
 
     Newest first. Kinds: oversold (reservations stock cannot cover: at risk),
     reallocated (committed units moved to another warehouse),
-    negative_on_hand, unknown_reservation, already_settled, shipped_elsewhere.
+    negative_on_hand, unknown_reservation, already_settled, shipped_elsewhere,
+    epoch_replaced (a new store took over a silent one), two_stores (a
+    replaced store spoke again). With --resolve ID an operator closes an open
+    one (two_stores stays open until then).
 
     Example:
 
         stocksync-hub conflicts --open --json --insecure
     """
+    if resolve_id is not None:
+        resolve = inventory_pb2.ResolveConflictRequest(conflict_id=resolve_id)
+        query(target, "ResolveConflict", resolve, **conn)
+        click.echo(f"conflict #{resolve_id} resolved")
+        return
     request = inventory_pb2.ListConflictsRequest(open_only=open_only, limit=limit)
     reply = query(target, "ListConflicts", request, **conn)
     items = [

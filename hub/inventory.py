@@ -31,6 +31,7 @@ from stocksync.hub.ledger import (
     DEFAULT_TTL_MS,
     Changes,
     Conflict,
+    ConflictKind,
     Ledger,
     PickCommand,
     Reservation,
@@ -124,7 +125,7 @@ class Inventory:
         except StocksyncError as e:
             log.warning("could not save the hub's clock on the way out: %s", e)
 
-    async def _load(self) -> None:
+    async def _load(self, reload: bool = False) -> None:
         loop = asyncio.get_running_loop()
         state = await loop.run_in_executor(self.reads, self.store.load_ledger)
         records = await loop.run_in_executor(self.reads, self.store.warehouses)
@@ -164,7 +165,8 @@ class Inventory:
         self._accepted = {s.source_id: s.watermark for s in sources.values()}
         self._freshness = {w: Freshness.FRESH for w in state.warehouses}
         self._saved_hub_time = state.hub_time_ms
-        log.info(
+        log.log(
+            logging.DEBUG if reload else logging.INFO,
             "stock loaded: %d warehouses, %d reservations, %d open conflicts, hub time %.1f s",
             len(state.warehouses),
             len(state.reservations),
@@ -179,7 +181,7 @@ class Inventory:
     async def _reload(self) -> None:
         try:
             await self.writer.idle()
-            await self._load()
+            await self._load(reload=True)
         except StocksyncError as e:
             log.error("cannot reload the hub's state (%s); retrying", e)
             await asyncio.sleep(1.0)
@@ -292,6 +294,15 @@ class Inventory:
         self._current[warehouse] = source.source_id
         self._accepted[source.source_id] = as_of_seq
         return source
+
+    async def note(self, kind: ConflictKind, warehouse: str, cause: str, units: int = 0) -> None:
+        """Record a conflict about a warehouse as a whole (durably, before returning)."""
+        changes = self.ledger.note(kind, warehouse, cause, units, self.clock.unix_ms())
+        await self._write(changes, time.monotonic())
+
+    async def resolve_conflict(self, conflict_id: int) -> None:
+        """An operator handled an open conflict. See :meth:`Ledger.resolve`."""
+        await self._write(self.ledger.resolve(conflict_id, self.clock.unix_ms()), time.monotonic())
 
     def pending_picks(self, warehouse: str) -> list[PickCommand]:
         """Commands ``warehouse`` has not acknowledged yet."""

@@ -211,6 +211,9 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
                     lag_seconds=live.oldest_pending_age_s if live and lagging else 0.0,
                     agent_high_seq=live.agent_high_seq if live else record.watermark,
                     freshness=_FRESHNESS[book.freshness(record.warehouse, hub_now)],
+                    alerts=[
+                        f"#{c.id} {c.cause}" for c in self.inventory.ledger.alerts(record.warehouse)
+                    ],
                 )
             )
         return inventory_pb2.ListWarehousesResponse(warehouses=statuses)
@@ -313,6 +316,16 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         return inventory_pb2.ListConflictsResponse(
             conflicts=[conflict_message(c) for c in conflicts]
         )
+
+    @guarded
+    async def ResolveConflict(
+        self,
+        request: inventory_pb2.ResolveConflictRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> inventory_pb2.ResolveConflictResponse:
+        """Close an open conflict an operator handled."""
+        await self.inventory.resolve_conflict(request.conflict_id)
+        return inventory_pb2.ResolveConflictResponse()
 
 
 def _reservation_id(rid: str) -> str:

@@ -96,7 +96,11 @@ class ConflictKind(enum.Enum):
     SHIPPED_ELSEWHERE = "shipped_elsewhere"
     """Another warehouse than the allocated one shipped a committed line."""
     EPOCH_REPLACED = "epoch_replaced"
+    """A new store (epoch) replaced a warehouse's silent one; what the old
+    one had not sent is lost to the hub."""
     TWO_STORES = "two_stores"
+    """A replaced store spoke again: two stores claim one warehouse. Open
+    until an operator resolves it."""
 
 
 class NotFound(StocksyncError):
@@ -244,10 +248,12 @@ class Conflict:
 
     @property
     def open(self) -> bool:
-        """Not yet resolved (only oversold and negative stock get resolved)."""
+        """Not yet resolved (oversold units and negative stock resolve
+        themselves; two stores for one warehouse waits for an operator)."""
         return self.resolved_unix_ms == 0 and self.kind in (
             ConflictKind.OVERSOLD,
             ConflictKind.NEGATIVE_ON_HAND,
+            ConflictKind.TWO_STORES,
         )
 
 
@@ -386,7 +392,7 @@ class Ledger:
                 self.conflicts[c.id] = c
                 if c.kind is ConflictKind.OVERSOLD:
                     self._oversold[c.sku] = c.id
-                else:
+                elif c.kind is ConflictKind.NEGATIVE_ON_HAND:
                     self._negative[(c.warehouse, c.sku)] = c.id
         self._conflict_ids = itertools.count(next_conflict_id)
 
@@ -986,6 +992,39 @@ class Ledger:
             if plan:
                 changes.reservations[r.id] = r.snapshot()
                 changes.skus.add(sku)
+
+    def note(
+        self, kind: ConflictKind, warehouse: str, cause: str, units: int = 0, unix_ms: int = 0
+    ) -> Changes:
+        """Record a conflict about a warehouse as a whole (two stores, a replaced epoch)."""
+        changes = Changes()
+        self._record(kind, "", units, cause, changes, unix_ms, warehouse)
+        return changes
+
+    def resolve(self, conflict_id: int, unix_ms: int = 0) -> Changes:
+        """An operator handled an open conflict.
+
+        Raises:
+            NotFound: no open conflict by that id.
+        """
+        if conflict_id not in self.conflicts:
+            raise NotFound(f"no open conflict #{conflict_id}")
+        changes = Changes()
+        conflict = self.conflicts[conflict_id]
+        if conflict.kind is ConflictKind.OVERSOLD:
+            self._oversold.pop(conflict.sku, None)
+        elif conflict.kind is ConflictKind.NEGATIVE_ON_HAND:
+            self._negative.pop((conflict.warehouse, conflict.sku), None)
+        self._resolve_conflict(conflict_id, changes, unix_ms)
+        return changes
+
+    def alerts(self, warehouse: str) -> list[Conflict]:
+        """Open conflicts about ``warehouse`` as a whole."""
+        return [
+            c
+            for c in self.conflicts.values()
+            if c.warehouse == warehouse and c.kind is ConflictKind.TWO_STORES
+        ]
 
     # -- pick commands -------------------------------------------------------------
 

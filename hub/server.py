@@ -14,9 +14,11 @@ Nothing here decides a rule: the protocol core, the store and the services do.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,7 +42,7 @@ from stocksync.tls import server_credentials
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc, sync_pb2, sync_pb2_grpc
 from stocksync.wire import MAX_MESSAGE_BYTES
 
-__all__ = ["SERVICE_NAMES", "Hub", "server_options", "write_ready_file"]
+__all__ = ["SERVICE_NAMES", "Hub", "check_free", "server_options", "write_ready_file"]
 
 log = logging.getLogger("stocksync.hub")
 
@@ -61,6 +63,9 @@ def server_options() -> list[tuple[str, Any]]:
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_ping_strikes", 0),
+        # A second hub on the same address must fail, not share the port and
+        # split the agents between two databases.
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -118,6 +123,7 @@ class Hub:
                 max_batch_events=self.config.max_batch_events,
                 hello_timeout_s=self.config.hello_timeout_s,
                 ping_interval_s=self.config.ping_interval_s,
+                snapshot_timeout_s=self.config.snapshot_timeout_s,
             ),
             server,
         )
@@ -127,10 +133,15 @@ class Hub:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*SERVICE_NAMES, health_name], server)
-        if self.config.insecure:
-            self.port = server.add_insecure_port(self.config.listen)
-        else:
-            self.port = server.add_secure_port(self.config.listen, server_credentials(self.config))
+        check_free(self.config.listen)
+        try:
+            if self.config.insecure:
+                self.port = server.add_insecure_port(self.config.listen)
+            else:
+                creds = server_credentials(self.config)
+                self.port = server.add_secure_port(self.config.listen, creds)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         await server.start()
@@ -141,16 +152,26 @@ class Hub:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting streams, let in-flight batches finish, close the store."""
+        """Stop accepting streams, let in-flight batches finish, close the store.
+
+        Each agent stream makes what it accepted durable, acknowledges it and
+        ends with UNAVAILABLE ("hub is stopping"); calls still running after
+        ``grace`` seconds are cancelled.
+        """
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
+            self.streams.closing.set()
             await self.server.stop(self.config.grace_s if grace is None else grace)
             self.server = None
         await self.inventory.stop()
         await self.writer.close()
-        log.info("writer committed %d transactions", self.writer.commits)
         self.reads.shutdown(wait=True)
         self.store.close()
+        log.info(
+            "stopped: %d transactions committed, store %s checkpointed",
+            self.writer.commits,
+            self.config.db,
+        )
 
     async def serve_until(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
@@ -159,6 +180,30 @@ class Hub:
         await stop.wait()
         log.info("stopping after %.0f s", time.monotonic() - started)
         await self.stop()
+
+
+def check_free(listen: str) -> None:
+    """Refuse, in one line, an address another process already listens on.
+
+    gRPC would only log it from its C core (and, with port reuse, share it).
+
+    Raises:
+        RuntimeError: "address already in use".
+    """
+    host, _, port = listen.rpartition(":")
+    if port == "0":
+        return
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]") or "0.0.0.0", int(port)))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise RuntimeError(
+                    f"cannot listen on {listen}: address already in use (is another hub running?)"
+                ) from None
+            raise RuntimeError(f"cannot listen on {listen}: {e.strerror}") from None
 
 
 def write_ready_file(path: str | Path, **fields: Any) -> None:

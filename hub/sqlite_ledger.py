@@ -166,7 +166,7 @@ def load_conflicts(
 ) -> list[Conflict]:
     """Conflicts, newest first."""
     where = (
-        "WHERE resolved_unix_ms = 0 AND kind IN ('oversold', 'negative_on_hand') "
+        "WHERE resolved_unix_ms = 0 AND kind IN ('oversold', 'negative_on_hand', 'two_stores') "
         if open_only
         else ""
     )

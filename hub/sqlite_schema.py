@@ -11,6 +11,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from stocksync.sqlite import use_wal
+
 __all__ = [
     "AGENT_APPLICATION_ID",
     "APPLICATION_ID",
@@ -178,6 +180,7 @@ def open_schema(conn: sqlite3.Connection, path: Path) -> None:
             f"{path} has schema version {version}; this hub knows {SCHEMA_VERSION}: "
             "upgrade stocksync"
         )
+    use_wal(conn)  # only now: switching to WAL rewrites the file's header
     if version == SCHEMA_VERSION and app_id == APPLICATION_ID:
         return
     conn.execute("BEGIN IMMEDIATE")

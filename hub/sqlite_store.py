@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from stocksync.errors import IncidentLog
 from stocksync.events import EventRow
 from stocksync.hub.ledger import Changes, Conflict
 from stocksync.hub.sqlite_ledger import load_conflicts, load_ledger, save_changes
@@ -102,8 +103,9 @@ class SqliteHubStore:
             raise StoreError(str(e)) from None
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
+        self._incidents = IncidentLog(log)
         with self._errors("open"):
-            self._writer = connect(self.path, sync)
+            self._writer = connect(self.path, sync, wal=False)
             try:
                 open_schema(self._writer, self.path)
             except WrongFile as e:
@@ -120,7 +122,8 @@ class SqliteHubStore:
             kind, detail = _FAILURES.get(
                 error_kind(e), (StoreError, "hub store failed (the hub's log says why)")
             )
-            log.error("hub store %s: %s failed: %s", self.path, doing, e)
+            # One line per incident, not per attempt (every agent retries).
+            self._incidents.failed(f"hub store {self.path}: {detail}", f"{doing} failed: {e}")
             raise kind(detail) from None
 
     @contextmanager
@@ -134,6 +137,7 @@ class SqliteHubStore:
                     yield _SqliteTx(self)
                 with self._errors("commit"):
                     self._writer.execute("COMMIT")
+                self._incidents.recovered(f"hub store {self.path}: writing again")
             except BaseException:
                 if self._writer.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
@@ -185,7 +189,12 @@ class SqliteHubStore:
             return load_conflicts(self._reader, open_only, limit)
 
     def close(self) -> None:
-        """Close both connections."""
+        """Fold the write-ahead log into the database file, then close both
+        connections (the file is then complete on its own, e.g. for a copy)."""
+        writer = getattr(self, "_writer", None)
+        if writer is not None:
+            with contextlib.suppress(sqlite3.Error):  # a full disk: the WAL stays, still valid
+                writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         for name in ("_reader", "_writer"):
             conn = getattr(self, name, None)
             if conn is not None:

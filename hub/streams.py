@@ -44,11 +44,17 @@ class StreamRegistry:
 
     def __init__(self) -> None:
         self._streams: dict[str, AgentStream] = {}
+        self.last: dict[str, AgentStream] = {}
+        """Each warehouse's most recent stream, connected or not (its last backlog)."""
+        self.closing = asyncio.Event()
+        """Set when the hub stops: every stream makes what it accepted durable,
+        acknowledges it, and ends with UNAVAILABLE."""
 
     def attach(self, stream: AgentStream) -> AgentStream | None:
         """Make ``stream`` the warehouse's stream; returns the one it superseded."""
         old = self._streams.get(stream.warehouse)
         self._streams[stream.warehouse] = stream
+        self.last[stream.warehouse] = stream
         if old is not None:
             old.superseded.set()
         return old

@@ -14,6 +14,7 @@ cover what is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,14 +24,22 @@ from typing import Any, TypeVar
 import grpc
 
 from stocksync import wire
-from stocksync.errors import StocksyncError
+from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
 from stocksync.hub.grpc_edge import Undecodable, abort
 from stocksync.hub.inventory import Inventory
-from stocksync.hub.ledger import PickCommand
-from stocksync.hub.storage import Applied, HubStore, Source
+from stocksync.hub.ledger import ConflictKind, PickCommand
+from stocksync.hub.storage import Applied, HubStore, Source, WarehouseRecord
 from stocksync.hub.streams import AgentStream, StreamRegistry
-from stocksync.protocol import Apply, HubSession, MalformedMessage, Superseded, TimedOut
+from stocksync.protocol import (
+    Apply,
+    EpochRetired,
+    HubSession,
+    HubState,
+    MalformedMessage,
+    Superseded,
+    TimedOut,
+)
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
 __all__ = ["MAX_QUEUED_BATCHES", "SyncServicer"]
@@ -50,6 +59,12 @@ def _now_ms() -> int:
 
 class _StreamEnded(Exception):
     """The agent closed its side."""
+
+
+class HubStopping(StocksyncError):
+    """The hub is shutting down; the agent reconnects (to it or its replacement)."""
+
+    status = Status.UNAVAILABLE
 
 
 class _Pipeline:
@@ -169,6 +184,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         max_batch_events: largest batch accepted; sent in every Welcome.
         hello_timeout_s: how long a new stream may take to say Hello.
         ping_interval_s: how often the hub pings an idle agent.
+        snapshot_timeout_s: how long a stream asked for a snapshot may stay
+            silent about it (between chunks) before it is closed.
     """
 
     def __init__(
@@ -180,6 +197,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         max_batch_events: int = 5000,
         hello_timeout_s: float = 10.0,
         ping_interval_s: float = 15.0,
+        snapshot_timeout_s: float = 60.0,
     ) -> None:
         self.store = store
         self.reads = reads
@@ -188,6 +206,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         self.max_batch_events = max_batch_events
         self.hello_timeout_s = hello_timeout_s
         self.ping_interval_s = ping_interval_s
+        self.snapshot_timeout_s = snapshot_timeout_s
 
     async def _read_store(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.reads, fn, *args)
@@ -198,12 +217,14 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         context: grpc.aio.ServicerContext[sync_pb2.SyncRequest, sync_pb2.SyncResponse],
     ) -> None:
         """One agent stream: Hello, then batches, snapshots and pings."""
+        out = wire.SerialWriter(context)
         try:
-            await self._sync(context)
+            await self._sync(context, out)
         except StocksyncError as e:
+            await _goodbye(out, e)
             await abort(context, e)
 
-    async def _sync(self, context: Any) -> None:
+    async def _sync(self, context: Any, out: wire.SerialWriter) -> None:
         session = HubSession(identity=_identity(context), max_batch=self.max_batch_events)
         try:
             async with asyncio.timeout(self.hello_timeout_s):
@@ -216,7 +237,16 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         hello = wire.hello_info(first.hello)
         session.check_hello(hello)  # before the store is asked anything
         source = await self._read_store(self.store.source, hello.warehouse, hello.epoch)
-        welcome = session.on_hello(hello, source)
+        live = self.streams.get(hello.warehouse)
+        try:
+            welcome = session.on_hello(hello, source, live.epoch if live is not None else None)
+        except EpochRetired:
+            await self._two_stores(hello.warehouse, hello.epoch, context.peer())
+            raise
+        replacing = None
+        if source is None:
+            records = await self._read_store(self.store.warehouses)
+            replacing = next((r for r in records if r.warehouse == hello.warehouse), None)
         stream = AgentStream(
             warehouse=session.warehouse,
             epoch=session.epoch,
@@ -235,10 +265,9 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             welcome.watermark,
             welcome.snapshot_required,
         )
-        out = wire.SerialWriter(context)
         try:
             await out.write(wire.welcome_message(welcome))
-            await self._serve(session, source, stream, context, out)
+            await self._serve(session, source, stream, context, out, replacing)
         finally:
             self.streams.detach(stream)
             log.info("%s: stream closed", stream.warehouse)
@@ -250,6 +279,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         stream: AgentStream,
         context: Any,
         out: wire.SerialWriter,
+        replacing: WarehouseRecord | None = None,
     ) -> None:
         def submit(rows: list[EventRow], origin: float) -> asyncio.Future[Applied]:
             assert source is not None  # STREAMING implies a known source
@@ -258,10 +288,12 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         inventory, warehouse = self.inventory, stream.warehouse
         pipeline = _Pipeline(session, stream, out, submit)
         superseded = asyncio.ensure_future(stream.superseded.wait())
+        closing = asyncio.ensure_future(self.streams.closing.wait())
         pinger = asyncio.ensure_future(self._ping(out))
         picks: asyncio.Queue[list[PickCommand]] = asyncio.Queue()
         picker: asyncio.Future[None] | None = None
         reading: asyncio.Future[sync_pb2.SyncRequest] | None = None
+        snapshot_deadline = time.monotonic() + self.snapshot_timeout_s
         try:
             if source is not None:
                 picker = self._start_picks(warehouse, picks, out)
@@ -269,11 +301,22 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 if pipeline.full:
                     await pipeline.wait(lambda: not pipeline.full)
                 reading = asyncio.ensure_future(_read(context))
+                waiting = {reading, superseded, closing, pipeline.task}
+                timeout = None
+                if session.state is HubState.AWAITING_SNAPSHOT:
+                    timeout = snapshot_deadline - time.monotonic()
                 done, _ = await asyncio.wait(
-                    {reading, superseded, pipeline.task}, return_when=asyncio.FIRST_COMPLETED
+                    waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
                 )
+                if not done:
+                    raise TimedOut(
+                        f"no snapshot received within {self.snapshot_timeout_s:g} s of asking"
+                    )
                 if pipeline.task in done:
                     pipeline.task.result()  # a failed commit: its error ends the stream
+                if closing in done and reading not in done:
+                    await pipeline.drained()  # what was accepted is durable and acked
+                    raise HubStopping("hub is stopping; reconnect later")
                 if reading not in done:
                     raise Superseded(f"superseded: a newer stream for {stream.warehouse} took over")
                 try:
@@ -290,6 +333,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 if kind == "batch":
                     self._on_batch(session, pipeline, stream, msg.batch)
                 elif kind == "snapshot":
+                    snapshot_deadline = time.monotonic() + self.snapshot_timeout_s
                     chunk = msg.snapshot
                     stock = session.on_snapshot_chunk(
                         chunk.as_of_seq, [(s.sku, s.on_hand) for s in chunk.stock], chunk.last
@@ -297,6 +341,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     if stock is not None:
                         source = await self._on_snapshot(session, pipeline, stream, stock, out)
                         picker = picker or self._start_picks(warehouse, picks, out)
+                        if replacing is not None and replacing.epoch != session.epoch:
+                            await self._epoch_replaced(replacing, session.epoch)
                 elif kind == "ping":
                     backlog = msg.ping.backlog
                     session.on_backlog(backlog.high_seq)
@@ -310,7 +356,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             pipeline.discard()
             if inventory.pick_listeners.get(warehouse) == picks.put_nowait:
                 del inventory.pick_listeners[warehouse]
-            for task in (superseded, pinger, pipeline.task, reading, picker):
+            for task in (superseded, closing, pinger, pipeline.task, reading, picker):
                 if task is not None:
                     task.cancel()
                     if task.done() and not task.cancelled():
@@ -347,6 +393,34 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=as_of)))
         return source
 
+    async def _two_stores(self, warehouse: str, epoch: str, peer: str) -> None:
+        """A replaced epoch spoke again: say so loudly, once per epoch."""
+        if any(epoch in c.cause for c in self.inventory.ledger.alerts(warehouse)):
+            return
+        records = await self._read_store(self.store.warehouses)
+        current = next((r.epoch for r in records if r.warehouse == warehouse), "?")
+        cause = (
+            f"two stores claim {warehouse}: epoch {epoch} was replaced by epoch {current} "
+            f"but spoke again (from {peer}); its events are refused"
+        )
+        log.error("%s", cause)
+        await self.inventory.note(ConflictKind.TWO_STORES, warehouse, cause)
+
+    async def _epoch_replaced(self, old: WarehouseRecord, epoch: str) -> None:
+        """A new store took over a warehouse whose old store was silent."""
+        last = self.streams.last.get(old.warehouse)
+        if last is not None and last.epoch == old.epoch and last.agent_high_seq >= old.watermark:
+            units = last.agent_high_seq - old.watermark
+            backlog = f"it last reported {units} events the hub never received"
+        else:
+            units, backlog = 0, "its backlog is unknown to this hub"
+        cause = (
+            f"{old.warehouse}: epoch {epoch} replaced epoch {old.epoch} (applied up to seq "
+            f"{old.watermark}); {backlog}"
+        )
+        log.warning("%s", cause)
+        await self.inventory.note(ConflictKind.EPOCH_REPLACED, old.warehouse, cause, units)
+
     def _start_picks(
         self, warehouse: str, queue: asyncio.Queue[list[PickCommand]], out: wire.SerialWriter
     ) -> asyncio.Future[None]:
@@ -369,6 +443,19 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         while True:
             await asyncio.sleep(self.ping_interval_s)
             await out.write(sync_pb2.SyncResponse(ping=sync_pb2.Ping(sent_at_unix_ms=_now_ms())))
+
+
+GOODBYE_TIMEOUT_S = 1.0
+"""How long the hub waits to write a Goodbye before ending the stream anyway."""
+
+
+async def _goodbye(out: wire.SerialWriter, error: StocksyncError) -> None:
+    """Best effort: tell the agent why the stream ends, in a message it reads
+    even when gRPC would report the end as INTERNAL (it was still writing)."""
+    resume = next((int(v) for k, v in error.trailers() if k == "resume-from-seq"), 0)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+            await out.write(wire.goodbye_message(error.status.name, error.detail, resume))
 
 
 def _identity(context: Any) -> str | None:

@@ -140,7 +140,7 @@ class Writer:
         if self.halted is not None:
             return
         self.halted = error
-        log.error("a write failed (%s): the hub rebuilds its state from the store", error)
+        log.info("a write failed (%s): the hub rebuilds its state from the store", error)
         _fail(self._queue, HaltedError(f"not written: an earlier write failed ({error})"))
         self._queue.clear()
         if self.on_halt is not None:

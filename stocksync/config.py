@@ -142,6 +142,10 @@ class HubConfig:
         5000, "Largest batch accepted from an agent, in events; agents send no larger ones."
     )
     hello_timeout_s: float = _knob(10.0, "A stream that sends no Hello within this is closed.")
+    snapshot_timeout_s: float = _knob(
+        60.0,
+        "A stream asked for a snapshot that sends none (or no next chunk) within this is closed.",
+    )
     ping_interval_s: float = _knob(15.0, "How often the hub pings each agent.")
     grace_s: float = _knob(5.0, "On SIGTERM, how long in-flight batches get to finish.")
     reservation_ttl_s: float = _knob(
@@ -167,6 +171,7 @@ class HubConfig:
         _check_synchronous(self.synchronous)
         _check_range("max_batch_events", self.max_batch_events, 1, 50_000)
         _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)
+        _check_range("snapshot_timeout_s", self.snapshot_timeout_s, 0.1, 3600)
         _check_range("ping_interval_s", self.ping_interval_s, 0.1, 3600)
         _check_range("grace_s", self.grace_s, 0, 3600)
         _check_range("reservation_ttl_s", self.reservation_ttl_s, 1, 86_400)

@@ -13,9 +13,11 @@ says they mean; this module imports nothing so the sans-IO core can use it.
 from __future__ import annotations
 
 import enum
+import logging
+import time
 from typing import ClassVar
 
-__all__ = ["InvalidArgument", "Status", "StocksyncError"]
+__all__ = ["IncidentLog", "InvalidArgument", "Status", "StocksyncError"]
 
 
 class Status(enum.Enum):
@@ -64,3 +66,50 @@ class InvalidArgument(StocksyncError):
     """A request field is malformed or out of its range; the detail names it."""
 
     status = Status.INVALID_ARGUMENT
+
+
+class IncidentLog:
+    """Logs a failure once per incident, not once per attempt.
+
+    An agent retrying against a full disk makes the same failure happen every
+    few seconds; the operator needs one line when it starts, a reminder now
+    and then (with how many more there were), and one line when it ends.
+
+    Args:
+        logger: where to log.
+        remind_s: how often a failure that goes on is logged again.
+        settle_s: how long things must work before an incident is over (a
+            nearly full disk lets the odd small write through).
+    """
+
+    def __init__(
+        self, logger: logging.Logger, remind_s: float = 60.0, settle_s: float = 10.0
+    ) -> None:
+        self._log = logger
+        self._remind_s = remind_s
+        self._settle_s = settle_s
+        self._current: str | None = None
+        self._since = 0.0
+        self._last_failure = 0.0
+        self._repeats = 0
+
+    def failed(self, what: str, detail: str = "") -> None:
+        """A failure happened; ``what`` identifies the incident."""
+        now = time.monotonic()
+        self._last_failure = now
+        if what != self._current:
+            self._current, self._since, self._repeats = what, now, 0
+            self._log.error("%s%s", what, f": {detail}" if detail else "")
+        elif now - self._since >= self._remind_s:
+            self._log.error("%s (still; %d more times since)", what, self._repeats)
+            self._since, self._repeats = now, 0
+        else:
+            self._repeats += 1
+            self._log.debug("%s (again)%s", what, f": {detail}" if detail else "")
+
+    def recovered(self, what: str) -> None:
+        """Things worked: ends the incident, with one line, once they have
+        worked for ``settle_s`` since the last failure."""
+        if self._current is not None and time.monotonic() - self._last_failure >= self._settle_s:
+            self._log.warning("%s (after: %s)", what, self._current)
+            self._current = None

@@ -54,6 +54,7 @@ __all__ = [
     "AgentState",
     "Apply",
     "Duplicate",
+    "EpochInUse",
     "EpochRecord",
     "EpochRetired",
     "HelloInfo",
@@ -121,6 +122,12 @@ class WrongWarehouse(ProtocolError):
 
 class EpochRetired(ProtocolError):
     """The (warehouse, epoch) was replaced by a newer store and may not write."""
+
+    status = Status.FAILED_PRECONDITION
+
+
+class EpochInUse(ProtocolError):
+    """A new epoch for a warehouse whose current epoch is connected right now."""
 
     status = Status.FAILED_PRECONDITION
 
@@ -236,12 +243,15 @@ class AgentState(enum.Enum):
 
 
 AGENT_ACCEPTS: dict[AgentState, frozenset[str]] = {
-    AgentState.CONNECTING: frozenset({"welcome"}),
-    AgentState.SNAPSHOT: frozenset({"ack", "ping"}),
-    AgentState.STREAMING: frozenset({"ack", "ping", "snapshot_request", "pick", "cancel_pick"}),
+    AgentState.CONNECTING: frozenset({"welcome", "goodbye"}),
+    AgentState.SNAPSHOT: frozenset({"ack", "ping", "goodbye"}),
+    AgentState.STREAMING: frozenset(
+        {"ack", "ping", "snapshot_request", "pick", "cancel_pick", "goodbye"}
+    ),
     AgentState.CLOSED: frozenset(),
 }
-"""Which hub message each agent state accepts; anything else is a violation."""
+"""Which hub message each agent state accepts; anything else is a violation.
+A Goodbye (the hub ending the stream, and why) may come at any time."""
 
 
 class AgentSession:
@@ -537,23 +547,38 @@ class HubSession:
                 f"credentials are for warehouse {self.identity!r}, not {hello.warehouse!r}"
             )
 
-    def on_hello(self, hello: HelloInfo, known: KnownEpoch | None) -> WelcomeInfo:
+    def on_hello(
+        self,
+        hello: HelloInfo,
+        known: KnownEpoch | None,
+        streaming_epoch: str | None = None,
+    ) -> WelcomeInfo:
         """Check the Hello and decide the Welcome.
 
         Args:
             hello: the agent's Hello.
             known: what the hub has stored for (warehouse, epoch), or None if
                 it has never seen this epoch.
+            streaming_epoch: the epoch of the warehouse's stream that is
+                connected right now, if any.
 
         Raises:
-            EpochRetired: for an epoch a newer store replaced; and every
-                error of :meth:`check_hello`.
+            EpochRetired: for an epoch a newer store replaced.
+            EpochInUse: for a new epoch while another epoch of the warehouse
+                is connected (two stores claim one warehouse).
+            and every error of :meth:`check_hello`.
         """
         self.check_hello(hello)
         if known is not None and not known.current:
             raise EpochRetired(
                 f"epoch {hello.epoch} of {hello.warehouse} was replaced by a newer store; "
                 "this store may no longer send events"
+            )
+        if known is None and streaming_epoch is not None and streaming_epoch != hello.epoch:
+            raise EpochInUse(
+                f"two stores claim {hello.warehouse}: epoch {streaming_epoch} is connected, "
+                f"so a new store (epoch {hello.epoch}) may not take over; stop the other agent "
+                "or give this one its own warehouse id"
             )
         self.warehouse, self.epoch = hello.warehouse, hello.epoch
         self.agent_high_seq = hello.high_seq

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-__all__ = ["SYNCHRONOUS_LEVELS", "check_synchronous", "connect", "error_kind"]
+__all__ = ["SYNCHRONOUS_LEVELS", "check_synchronous", "connect", "error_kind", "use_wal"]
 
 SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
 """Accepted values of the ``synchronous`` setting. OFF is refused everywhere:
@@ -28,18 +28,29 @@ def check_synchronous(value: str) -> str:
 
 
 def connect(
-    path: str | Path, synchronous: str, busy_timeout_ms: int = 10_000
+    path: str | Path, synchronous: str, busy_timeout_ms: int = 10_000, wal: bool = True
 ) -> sqlite3.Connection:
     """Open ``path`` in autocommit mode (transactions are explicit), WAL, and
-    the given ``synchronous`` level, usable from any one thread at a time."""
+    the given ``synchronous`` level, usable from any one thread at a time.
+
+    With ``wal=False`` the journal mode is left alone: switching to WAL
+    rewrites the file's header, so a caller that must first check what the
+    file is calls :func:`use_wal` after the check.
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=0)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
+    if wal:
+        use_wal(conn)
     conn.execute(f"PRAGMA synchronous = {check_synchronous(synchronous)}")
     # Savepoints keep a statement journal; in memory it costs no file I/O.
     conn.execute("PRAGMA temp_store = MEMORY")
     return conn
+
+
+def use_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in write-ahead-log mode (a no-op if it is already)."""
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
 
 
 _KINDS = {

@@ -31,6 +31,7 @@ __all__ = [
     "SerialWriter",
     "batch_message",
     "batch_rows",
+    "goodbye_message",
     "hello_info",
     "hello_message",
     "pick_message",
@@ -217,6 +218,13 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
         )
         expected += 1
     return rows
+
+
+def goodbye_message(code: str, detail: str, resume_from_seq: int = 0) -> sync_pb2.SyncResponse:
+    """The hub's last message on a stream it ends with status ``code``."""
+    return sync_pb2.SyncResponse(
+        goodbye=sync_pb2.Goodbye(code=code, detail=detail, resume_from_seq=resume_from_seq)
+    )
 
 
 class PickLike(Protocol):

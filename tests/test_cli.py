@@ -456,7 +456,8 @@ def test_serve_on_a_busy_port(tmp_path: Path) -> None:
         out = hub_cli(
             "serve", "--db", str(tmp_path / "hub.db"), "--listen", f"127.0.0.1:{port}", "--insecure"
         )
-    assert_clean_error(out, "bind", str(port))
+    assert_clean_error(out, "address already in use", str(port))
+    assert not (tmp_path / "hub.db").exists()
 
 
 def test_serve_on_a_file_that_is_not_a_store(tmp_path: Path) -> None:

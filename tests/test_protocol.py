@@ -600,7 +600,7 @@ def test_hub_states_accept_exactly_their_table(state: HubState, kind: str | None
 
 @pytest.mark.parametrize("state", list(AgentState))
 @pytest.mark.parametrize(
-    "kind", ["welcome", "ack", "ping", "snapshot_request", "pick", "cancel_pick", None]
+    "kind", ["welcome", "ack", "ping", "snapshot_request", "pick", "cancel_pick", "goodbye", None]
 )
 def test_agent_states_accept_exactly_their_table(state: AgentState, kind: str | None) -> None:
     agent = AgentSession(window=10, max_batch=5)

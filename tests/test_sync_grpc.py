@@ -49,10 +49,14 @@ class RawStream:
         self._requests.put(request)
 
     def recv(self) -> sync_pb2.SyncResponse:
-        """The next response that is not a ping."""
+        """The next response that is not a ping. A Goodbye means the stream is
+        ending: its status (an RpcError) is raised instead."""
         while True:
             msg: sync_pb2.SyncResponse = next(self.call)
-            if msg.WhichOneof("message") != "ping":
+            kind = msg.WhichOneof("message")
+            if kind == "goodbye":
+                raise self.error()
+            if kind != "ping":
                 return msg
 
     def welcome(self) -> sync_pb2.Welcome:
@@ -66,13 +70,24 @@ class RawStream:
         return int(msg.ack.up_to_seq)
 
     def error(self) -> Any:
-        """Read until the stream fails; returns the failed call (code, details...)."""
+        """Read until the stream fails; returns the failed call (code, details...).
+
+        The hub's last message before an error is a Goodbye naming the same
+        status and detail: checked here for every refusal.
+        """
+        goodbye = None
         try:
             while True:
                 msg = next(self.call)
-                assert msg.WhichOneof("message") in ("ping", "welcome", "ack"), msg
+                kind = msg.WhichOneof("message")
+                assert kind in ("ping", "welcome", "ack", "goodbye"), msg
+                if kind == "goodbye":
+                    goodbye = msg.goodbye
         except grpc.RpcError as e:
-            return e
+            err: Any = e
+            if goodbye is not None:
+                assert (goodbye.code, goodbye.detail) == (err.code().name, err.details())
+            return err
         except StopIteration:
             raise AssertionError("the stream ended OK, expected an error status") from None
 
@@ -489,7 +504,11 @@ def test_replaced_epoch_may_not_send(hub: HubProcess, channel: grpc.Channel, wh:
     err = s.error()
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "replaced" in err.details()
-    assert dump(hub.db) == before
+    after = dump(hub.db)
+    # Nothing changed but a loud record: two stores claim the warehouse.
+    new = set(after.pop("conflicts")) - set(before.pop("conflicts"))
+    assert after == before
+    assert [(c[1], c[5]) for c in new] == [("two_stores", wh)]
 
 
 def test_snapshot_behind_watermark_does_not_wedge_the_stream(
@@ -700,7 +719,8 @@ def test_garbage_mid_stream_ends_it_and_applies_nothing(
     assert welcome.welcome.watermark == 5
     requests.put(GARBAGE)
     with pytest.raises(grpc.RpcError) as info:
-        next(call)
+        while True:  # pings, and the Goodbye, until the status
+            next(call)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
     assert dump(hub.db) == before
 

@@ -90,7 +90,7 @@ class ListWarehousesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WarehouseStatus(_message.Message):
-    __slots__ = ("warehouse", "connected", "epoch", "watermark", "last_seen_unix_ms", "lag_events", "lag_seconds", "agent_high_seq", "freshness")
+    __slots__ = ("warehouse", "connected", "epoch", "watermark", "last_seen_unix_ms", "lag_events", "lag_seconds", "agent_high_seq", "freshness", "alerts")
     WAREHOUSE_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class WarehouseStatus(_message.Message):
     LAG_SECONDS_FIELD_NUMBER: _ClassVar[int]
     AGENT_HIGH_SEQ_FIELD_NUMBER: _ClassVar[int]
     FRESHNESS_FIELD_NUMBER: _ClassVar[int]
+    ALERTS_FIELD_NUMBER: _ClassVar[int]
     warehouse: str
     connected: bool
     epoch: str
@@ -109,7 +110,8 @@ class WarehouseStatus(_message.Message):
     lag_seconds: float
     agent_high_seq: int
     freshness: Freshness
-    def __init__(self, warehouse: _Optional[str] = ..., connected: _Optional[bool] = ..., epoch: _Optional[str] = ..., watermark: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ..., lag_events: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., agent_high_seq: _Optional[int] = ..., freshness: _Optional[_Union[Freshness, str]] = ...) -> None: ...
+    alerts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, warehouse: _Optional[str] = ..., connected: _Optional[bool] = ..., epoch: _Optional[str] = ..., watermark: _Optional[int] = ..., last_seen_unix_ms: _Optional[int] = ..., lag_events: _Optional[int] = ..., lag_seconds: _Optional[float] = ..., agent_high_seq: _Optional[int] = ..., freshness: _Optional[_Union[Freshness, str]] = ..., alerts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListWarehousesResponse(_message.Message):
     __slots__ = ("warehouses",)
@@ -302,3 +304,13 @@ class ListConflictsResponse(_message.Message):
     CONFLICTS_FIELD_NUMBER: _ClassVar[int]
     conflicts: _containers.RepeatedCompositeFieldContainer[Conflict]
     def __init__(self, conflicts: _Optional[_Iterable[_Union[Conflict, _Mapping]]] = ...) -> None: ...
+
+class ResolveConflictRequest(_message.Message):
+    __slots__ = ("conflict_id",)
+    CONFLICT_ID_FIELD_NUMBER: _ClassVar[int]
+    conflict_id: int
+    def __init__(self, conflict_id: _Optional[int] = ...) -> None: ...
+
+class ResolveConflictResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

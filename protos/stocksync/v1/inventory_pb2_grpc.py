@@ -85,6 +85,11 @@ class InventoryServiceStub:
                 request_serializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsRequest.SerializeToString,
                 response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsResponse.FromString,
                 _registered_method=True)
+        self.ResolveConflict = channel.unary_unary(
+                '/stocksync.v1.InventoryService/ResolveConflict',
+                request_serializer=stocksync_dot_v1_dot_inventory__pb2.ResolveConflictRequest.SerializeToString,
+                response_deserializer=stocksync_dot_v1_dot_inventory__pb2.ResolveConflictResponse.FromString,
+                _registered_method=True)
 
 
 class InventoryServiceServicer:
@@ -170,6 +175,14 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveConflict(self, request, context):
+        """ResolveConflict closes an open conflict an operator has handled (two
+        stores claiming one warehouse; or an oversold or negative-stock one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InventoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -222,6 +235,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.ListConflicts,
                     request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsRequest.FromString,
                     response_serializer=stocksync_dot_v1_dot_inventory__pb2.ListConflictsResponse.SerializeToString,
+            ),
+            'ResolveConflict': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveConflict,
+                    request_deserializer=stocksync_dot_v1_dot_inventory__pb2.ResolveConflictRequest.FromString,
+                    response_serializer=stocksync_dot_v1_dot_inventory__pb2.ResolveConflictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +513,33 @@ class InventoryService:
             '/stocksync.v1.InventoryService/ListConflicts',
             stocksync_dot_v1_dot_inventory__pb2.ListConflictsRequest.SerializeToString,
             stocksync_dot_v1_dot_inventory__pb2.ListConflictsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveConflict(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stocksync.v1.InventoryService/ResolveConflict',
+            stocksync_dot_v1_dot_inventory__pb2.ResolveConflictRequest.SerializeToString,
+            stocksync_dot_v1_dot_inventory__pb2.ResolveConflictResponse.FromString,
             options,
             channel_credentials,
             insecure,

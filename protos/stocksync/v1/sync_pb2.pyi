@@ -171,17 +171,29 @@ class PickCancel(_message.Message):
     def __init__(self, command_id: _Optional[str] = ..., cancels_command_id: _Optional[str] = ..., reservation_id: _Optional[str] = ..., sku: _Optional[str] = ...) -> None: ...
 
 class SyncResponse(_message.Message):
-    __slots__ = ("welcome", "ack", "ping", "snapshot_request", "pick", "cancel_pick")
+    __slots__ = ("welcome", "ack", "ping", "snapshot_request", "pick", "cancel_pick", "goodbye")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     PING_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     PICK_FIELD_NUMBER: _ClassVar[int]
     CANCEL_PICK_FIELD_NUMBER: _ClassVar[int]
+    GOODBYE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     ack: Ack
     ping: Ping
     snapshot_request: SnapshotRequest
     pick: PickCommand
     cancel_pick: PickCancel
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., pick: _Optional[_Union[PickCommand, _Mapping]] = ..., cancel_pick: _Optional[_Union[PickCancel, _Mapping]] = ...) -> None: ...
+    goodbye: Goodbye
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., ping: _Optional[_Union[Ping, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., pick: _Optional[_Union[PickCommand, _Mapping]] = ..., cancel_pick: _Optional[_Union[PickCancel, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
+
+class Goodbye(_message.Message):
+    __slots__ = ("code", "detail", "resume_from_seq")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    detail: str
+    resume_from_seq: int
+    def __init__(self, code: _Optional[str] = ..., detail: _Optional[str] = ..., resume_from_seq: _Optional[int] = ...) -> None: ...
