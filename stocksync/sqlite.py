@@ -8,7 +8,16 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-__all__ = ["SYNCHRONOUS_LEVELS", "check_synchronous", "connect", "error_kind", "use_wal"]
+__all__ = [
+    "AGENT_APPLICATION_ID",
+    "HUB_APPLICATION_ID",
+    "SYNCHRONOUS_LEVELS",
+    "check_synchronous",
+    "connect",
+    "connect_read_only",
+    "error_kind",
+    "use_wal",
+]
 
 SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
 """Accepted values of the ``synchronous`` setting. OFF is refused everywhere:
@@ -77,3 +86,50 @@ def error_kind(error: sqlite3.Error) -> str:
     if "locked" in text:
         return "busy"
     return "other"
+
+
+AGENT_APPLICATION_ID = 0x53534147
+"""``PRAGMA application_id`` of an agent's store: ASCII "SSAG". Each file says
+what it is (DESIGN §6), so neither end opens the other's store."""
+
+HUB_APPLICATION_ID = 0x53534855
+"""``PRAGMA application_id`` of a hub's store: ASCII "SSHU"."""
+
+_SHARED_MEMORY_FAILURES = frozenset(
+    {"SQLITE_IOERR_SHMSIZE", "SQLITE_IOERR_SHMOPEN", "SQLITE_IOERR_SHMMAP", "SQLITE_FULL"}
+)
+
+
+def connect_read_only(path: str | Path, busy_timeout_ms: int = 10_000) -> sqlite3.Connection:
+    """Open ``path`` for reading only; nothing it does can change the database.
+
+    A reader of a WAL database needs the ``-shm`` file that indexes the WAL.
+    When there is no room to create it (a full disk) and the WAL is empty, the
+    main file alone holds every committed transaction, so it is read as
+    immutable instead: that needs no ``-shm`` at all.
+
+    Raises:
+        sqlite3.Error: if the file cannot be read as a database.
+    """
+    base = Path(path).absolute().as_uri()
+    conn = sqlite3.connect(
+        f"{base}?mode=ro", uri=True, isolation_level=None, check_same_thread=False, timeout=0
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as e:
+        conn.close()
+        wal = Path(f"{path}-wal")
+        wal_empty = not wal.exists() or wal.stat().st_size == 0
+        if getattr(e, "sqlite_errorname", "") not in _SHARED_MEMORY_FAILURES or not wal_empty:
+            raise
+        conn = sqlite3.connect(
+            f"{base}?mode=ro&immutable=1",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    conn.execute("PRAGMA query_only = 1")
+    conn.execute("PRAGMA temp_store = MEMORY")
+    return conn
