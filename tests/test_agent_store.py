@@ -104,8 +104,9 @@ def test_newer_schema_is_refused(db_path: Path) -> None:
 
 def test_file_that_is_not_a_database_is_refused(db_path: Path) -> None:
     db_path.write_bytes(b"not a database, just text " * 100)
-    with pytest.raises(StoreError, match="cannot open agent store"):
+    with pytest.raises(StoreError, match="is not a SQLite database, so not an agent store"):
         AgentStore(db_path)
+    assert db_path.read_bytes() == b"not a database, just text " * 100
 
 
 def test_wal_and_synchronous_full_are_set(store: AgentStore, db_path: Path) -> None:
