@@ -10,8 +10,14 @@ duplicate.
 The event loop never waits on SQLite's write lock: the daemon's own writes
 (the acked watermark, its state for ``status``) go through a second
 connection on a bookkeeping thread, so an ``import`` holding the lock for
-seconds cannot freeze the stream. A failed bookkeeping write is logged once
-and retried; it never ends the daemon.
+seconds cannot freeze the stream. A failed bookkeeping write (a full disk) is
+logged once and retried; it never ends the daemon, which keeps streaming what
+the store holds. The same thread prunes acknowledged events older than
+``retention_hours``, a few small transactions at a time.
+
+A read of the outbox that fails, or returns anything but the whole run of
+events asked for (what a damaged page can do), ends the daemon with a
+:class:`StoreError`: nothing wrong is ever sent.
 
 Backoff: attempts that fail — the hub unreachable, a refusal, a stream that
 breaks before it got anywhere — wait longer each time, up to
@@ -42,7 +48,7 @@ from tenacity import (
 )
 
 from stocksync import wire
-from stocksync.agent.store import AgentStore, DaemonState, StoreError
+from stocksync.agent.store import PRUNE_BATCH_ROWS, AgentStore, DaemonState, StoreError
 from stocksync.config import AgentConfig
 from stocksync.protocol import AgentSession, AgentState, ProtocolError
 from stocksync.tls import channel_credentials
@@ -62,6 +68,15 @@ BOOKKEEPING_INTERVAL_S = 0.5
 """How often the acked watermark and the daemon's state are written to the
 store. They only feed ``status`` and the next snapshot point; the hub's
 Welcome is the truth."""
+
+PRUNE_INTERVAL_S = 60.0
+"""How often the bookkeeper looks for acknowledged events past the retention
+when nothing else wakes it (a new ack does)."""
+
+PRUNE_STEPS_PER_TICK = 4
+"""Pruning transactions (of up to ``store.PRUNE_BATCH_ROWS`` events each) per
+bookkeeping tick; a larger backlog goes on at the next tick, so saving the
+watermark never waits long behind it."""
 
 
 class LinkFailed(Exception):
@@ -258,6 +273,20 @@ class AgentLink:
                     session.batch_limit,
                     cfg.max_batch_events,
                 )
+            pruned = self.store.pruned_through()
+            if not reply.welcome.snapshot_required and reply.welcome.watermark < pruned:
+                # The hub wants events this store has pruned: it lost what it
+                # had acknowledged. Resending cannot heal that; a new epoch can.
+                call.cancel()
+                raise LinkFailed(
+                    self._failed(
+                        f"hub {cfg.hub} holds this store's events only up to seq "
+                        f"{reply.welcome.watermark}, but it acknowledged them up to seq "
+                        f"{pruned} before and they were pruned here: the hub lost "
+                        "acknowledged events; start a new store for the warehouse "
+                        "(stocksync-agent salvage) so the hub takes a snapshot"
+                    )
+                )
             if not reply.welcome.snapshot_required:
                 self._acked = max(self._acked, session.acked)
             self._set_connected(True)
@@ -340,7 +369,7 @@ class AgentLink:
                 snapshot_sent = False
                 rng = session.next_batch(store.high_seq(), time.monotonic())
                 if rng is not None:
-                    rows = store.events(*rng)
+                    rows = store.outbox(*rng)
                     # Marked sent before the write: the hub's ack can arrive
                     # while this task is still waiting to resume after it.
                     session.on_sent(*rng)
@@ -421,12 +450,14 @@ class AgentLink:
 
 
 class _Bookkeeper:
-    """Writes the daemon's acked watermark and state on a thread of its own.
+    """Writes the daemon's acked watermark and state, and prunes, on a thread
+    of its own.
 
     Writes happen at most every :data:`BOOKKEEPING_INTERVAL_S`, through a
     second connection to the store, so the event loop never waits for the
     write lock. A failed write is logged once (until it succeeds again) and
-    retried at the next tick.
+    retried at the next tick. After each save, acknowledged events older
+    than ``retention_hours`` are pruned (:meth:`AgentStore.prune`).
     """
 
     def __init__(self, config: AgentConfig, link: AgentLink) -> None:
@@ -437,6 +468,8 @@ class _Bookkeeper:
         self._dirty = asyncio.Event()
         self._task: asyncio.Future[None] | None = None
         self._failing: str | None = None
+        self._prune_failing: str | None = None
+        self._prune_more = False
 
     async def start(self) -> None:
         """Open the second connection and start the ticks."""
@@ -453,9 +486,40 @@ class _Bookkeeper:
 
     async def _run(self) -> None:
         while True:
-            await self._dirty.wait()
-            await self.flush()
+            if not self._prune_more:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(PRUNE_INTERVAL_S):
+                        await self._dirty.wait()
+            if self._dirty.is_set():
+                await self.flush()
+            await self.prune()
             await asyncio.sleep(BOOKKEEPING_INTERVAL_S)
+
+    async def prune(self) -> None:
+        """Prune up to :data:`PRUNE_STEPS_PER_TICK` small transactions' worth;
+        log (once) and keep going if it fails."""
+        if self._store is None:
+            return
+        hours = self._config.retention_hours
+        cutoff = time.time_ns() // 1_000_000 - int(hours * 3_600_000)
+        total = 0
+        self._prune_more = False
+        for _ in range(PRUNE_STEPS_PER_TICK):
+            try:
+                deleted = await self._call(self._store.prune, cutoff, PRUNE_BATCH_ROWS)
+            except StoreError as e:
+                if self._prune_failing != str(e):
+                    log.warning("cannot prune acknowledged events (will retry): %s", e)
+                    self._prune_failing = str(e)
+                return
+            self._prune_failing = None
+            total += deleted
+            if deleted < PRUNE_BATCH_ROWS:
+                break
+        else:
+            self._prune_more = True  # more to do: the next tick goes on at once
+        if total:
+            log.info("pruned %d acknowledged events older than %g h", total, hours)
 
     async def flush(self) -> None:
         """Write what changed now; log (once) and keep going if it fails."""

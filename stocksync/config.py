@@ -98,6 +98,11 @@ class AgentConfig:
     backoff_max_s: float = _knob(30.0, "Reconnect delays grow exponentially up to this cap.")
     connect_timeout_s: float = _knob(10.0, "How long to wait for the hub's Welcome.")
     keepalive_s: float = _knob(20.0, "HTTP/2 keepalive ping interval; detects dead links.")
+    retention_hours: float = _knob(
+        168.0,
+        "Acknowledged events older than this are pruned from the store (never unacknowledged "
+        "ones); a count can be taken as of a pruned seq no longer. 0: prune once acknowledged.",
+    )
 
     def validate(self) -> AgentConfig:
         """Check every field; returns self.
@@ -123,6 +128,7 @@ class AgentConfig:
         _check_range("backoff_max_s", self.backoff_max_s, self.backoff_initial_s, 86_400)
         _check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 3600)
         _check_range("keepalive_s", self.keepalive_s, 1, 3600)
+        _check_range("retention_hours", self.retention_hours, 0, 87_600)
         _check_tls(self)
         return self
 
