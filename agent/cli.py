@@ -1,4 +1,9 @@
-"""``stocksync-agent``: record stock events and stream them to the hub."""
+"""``stocksync-agent``: record stock events and stream them to the hub.
+
+Every failure of the store (a full disk, the wrong file, a damaged one, a
+second daemon) ends a command with one line on stderr and a non-zero exit;
+what was refused is not stored, not even in part.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
 from stocksync.agent.link import AgentLink
+from stocksync.agent.lock import DaemonLock
+from stocksync.agent.salvage import salvage as salvage_store
 from stocksync.agent.store import AgentStore, StoreError, parse_events_csv, status_info
 from stocksync.cli_common import (
     config_option,
@@ -39,11 +47,18 @@ db_option = click.option(
 )
 
 
-def _open(db: str, synchronous: str = "FULL") -> AgentStore:
+@contextmanager
+def _store(db: str, synchronous: str = "FULL", *, read_only: bool = False) -> Iterator[AgentStore]:
+    """The store, open for the block; any :class:`StoreError`, opening it or
+    inside the block, becomes the command's one-line error."""
     try:
-        return AgentStore(db, synchronous=synchronous)
+        with AgentStore(db, synchronous=synchronous, read_only=read_only) as store:
+            yield store
     except StoreError as e:
         raise click.ClickException(str(e)) from None
+
+
+NOT_RECORDED = "nothing was recorded"
 
 
 @click.group()
@@ -90,11 +105,13 @@ def _record_command(kind: Kind, help_text: str, example: str) -> Callable[..., N
             raise click.ClickException(
                 f"no agent store at {db}: a count as of seq {event.as_of_seq} needs its events"
             )
-        with _open(db) as store:
+        with _store(db) as store:
             try:
                 seq = store.record(event)
             except InvalidEvent as e:
                 raise click.ClickException(str(e)) from None
+            except StoreError as e:
+                raise click.ClickException(f"{e}; {NOT_RECORDED}") from None
             on_hand = store.on_hand(sku).get(sku, 0)
         if as_json:
             click.echo(json.dumps({"seq": seq, "sku": sku, "kind": kind.name, "on_hand": on_hand}))
@@ -173,7 +190,7 @@ def import_(csv_file: str, db: str) -> None:
         raise click.ClickException(f"{csv_file}: {e}; nothing was recorded") from None
     except UnicodeDecodeError:
         raise click.ClickException(f"{csv_file} is not UTF-8 text; nothing was recorded") from None
-    with _open(db) as store:
+    with _store(db) as store:
         try:
             if total >= PROGRESS_MIN_ROWS:
                 with click.progressbar(length=total, label="importing", file=sys.stderr) as bar:
@@ -187,7 +204,9 @@ def import_(csv_file: str, db: str) -> None:
             else:
                 seqs = store.record_many(rows())
         except InvalidEvent as e:
-            raise click.ClickException(f"{csv_file}: {e}; nothing was recorded") from None
+            raise click.ClickException(f"{csv_file}: {e}; {NOT_RECORDED}") from None
+        except StoreError as e:
+            raise click.ClickException(f"{e}; {NOT_RECORDED}") from None
     if seqs:
         click.echo(f"recorded {len(seqs)} events, seq {seqs[0]}..{seqs[-1]}")
     else:
@@ -211,13 +230,29 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
     --tls-key, --tls-ca); plaintext only with --insecure. Settings: flags >
     STOCKSYNC_AGENT_* environment > --config TOML > defaults.
 
+    One daemon per store: a second one refuses to start, naming the first
+    one's pid (the lock is DB.lock). A damaged store is refused at start
+    (PRAGMA quick_check), and a read that fails later stops the daemon.
+
     Example:
 
         stocksync-agent run --warehouse WH-LAX --hub hub.example:50051 --db lax.db --insecure
     """
     config = load_config(AgentConfig, config_file, flags)
     setup_logging(verbose)
-    store = _open(config.db, config.synchronous)
+    lock = DaemonLock(config.db)
+    try:
+        lock.acquire()
+        store = AgentStore(config.db, synchronous=config.synchronous)
+    except StoreError as e:
+        lock.release()
+        raise click.ClickException(str(e)) from None
+    try:
+        _refuse_damage(store)
+    except click.ClickException:
+        store.close()
+        lock.release()
+        raise
 
     async def main_(stop: asyncio.Event) -> None:
         link = AgentLink(config, store)
@@ -235,6 +270,24 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
         raise click.ClickException(str(e)) from None
     finally:
         store.close()
+        lock.release()
+
+
+RECOVERY = (
+    "keep the file; `stocksync-agent salvage` starts a new store from its readable "
+    "stock (README, operating notes)"
+)
+
+
+def _refuse_damage(store: AgentStore) -> None:
+    """Stream nothing from a damaged store: ``PRAGMA quick_check`` first."""
+    problems = store.integrity(full=False)
+    if problems:
+        more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+        raise click.ClickException(
+            f"agent store {store.path} is damaged ({problems[0]}{more}); nothing was sent: "
+            f"{RECOVERY}"
+        )
 
 
 @main.command()
@@ -247,13 +300,8 @@ def status(db: str, as_json: bool) -> None:
 
         stocksync-agent status --db lax.db --json
     """
-    if not Path(db).exists():
-        raise click.ClickException(f"no agent store at {db}")
-    with _open(db) as store:
-        try:
-            info = status_info(store)
-        except StoreError as e:
-            raise click.ClickException(str(e)) from None
+    with _store(db, read_only=True) as store:
+        info = status_info(store)
     if as_json:
         click.echo(json.dumps(info))
         return
@@ -274,9 +322,77 @@ def status(db: str, as_json: bool) -> None:
         ("pending events", info["pending"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
         ("last error", error),
+        ("oldest kept seq", "-" if info["oldest_seq"] is None else info["oldest_seq"]),
+        ("store size", f"{info['size_bytes']:,} bytes"),
     ]
     for label, value in lines:
         click.echo(f"{label:<16}{value}")
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(db: str, as_json: bool) -> None:
+    """Check every page and index of the store (PRAGMA integrity_check).
+
+    Exit 0 when the store is sound, 1 when it is damaged. Only reads: works
+    on a full disk and beside a running daemon (it can take a while on a big
+    store).
+
+    Example:
+
+        stocksync-agent check --db lax.db --json
+    """
+    with _store(db, read_only=True) as store:
+        problems = store.integrity(full=True)
+    if as_json:
+        click.echo(json.dumps({"db": db, "sound": not problems, "problems": problems}))
+    elif not problems:
+        click.echo(f"{db}: sound (integrity_check found no problem)")
+    else:
+        click.echo(f"{db}: damaged; integrity_check found {len(problems)} problems:")
+        for problem in problems:
+            click.echo(f"  {problem}")
+        click.echo(RECOVERY)
+    if problems:
+        sys.exit(1)
+
+
+@main.command()
+@db_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="The new store to create (never overwritten).",
+)
+def salvage(db: str, out: str) -> None:
+    """Start a new store from the readable stock of a damaged one.
+
+    Copies on_hand per SKU from --db (which is only read, and kept) into a
+    new store at --out, one COUNT per SKU, under a new epoch: the hub takes a
+    snapshot of it and replaces the warehouse's stock. Run the daemon on the
+    new store afterwards.
+
+    Example:
+
+        stocksync-agent salvage --db lax.db --out lax-new.db
+    """
+    try:
+        done = salvage_store(db, out)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+    owner = f", warehouse {done.warehouse}" if done.warehouse else ""
+    click.echo(
+        f"salvaged the on_hand of {done.skus} SKUs from {db} into {out} "
+        f"(new epoch {done.epoch}{owner}); run the daemon on {out}"
+    )
+    if done.unreadable:
+        click.echo(
+            f"warning: the on_hand of {done.unreadable} SKUs could not be read from {db}; "
+            f"they are not in {out}: count them and record the counts",
+            err=True,
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover
