@@ -809,3 +809,35 @@ def test_the_daemon_keeps_events_the_hub_has_not_acknowledged(
     assert status_json(db)["oldest_seq"] == 1
     assert daemon.stop(30) == 0
     assert len(dump(db)["events"]) == 50
+
+
+def test_a_hub_that_lost_pruned_events_is_told_to_take_a_new_epoch(
+    hub: HubProcess, agents: list[AgentChild], tmp_path: Path
+) -> None:
+    """The hub's store restored from an older copy asks again for events this
+    store has pruned: resending cannot heal that, and the daemon says so."""
+    db = tmp_path / "agent.db"
+    new_store(db, some_events(100))
+    config = tmp_path / "agent.toml"
+    config.write_text("retention_hours = 0\n")
+    daemon = start_daemon(agents, db, hub.target, tmp_path / "agent.log", "--config", str(config))
+    wait_until(lambda: saved_acked(db) == 100, 60, "the first events acknowledged")
+    assert hub.stop() == 0
+    backup = {p.name: p.read_bytes() for p in tmp_path.glob("hub.db*")}
+    hub.start()
+    new_store(db, some_events(200))
+    wait_until(lambda: status_json(db)["oldest_seq"] == 300, 60, "acknowledged events pruned")
+
+    assert hub.stop() == 0
+    for p in tmp_path.glob("hub.db*"):
+        p.unlink()
+    for name, data in backup.items():
+        (tmp_path / name).write_bytes(data)
+    hub.start()
+    wait_until(
+        lambda: "the hub lost acknowledged events" in (status_json(db)["last_error"] or ""),
+        60,
+        "the daemon to say why it cannot resume",
+    )
+    daemon.check_alive()
+    assert hub_watermark(hub.db, "WH-BAD") == 100, "nothing is sent over the hole"
