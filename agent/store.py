@@ -708,7 +708,12 @@ def _identify(conn: sqlite3.Connection, path: Path) -> int:
     if not tables and version == 0:
         return 0  # nothing in it yet: `touch`, or a crash before the first commit
     columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(events)")}
-    if not (_AGENT_TABLES.issubset(tables) and columns.issuperset(EventRow._fields)):
+    # A hub's log has an events table too, keyed by source: its columns tell.
+    if (
+        not (_AGENT_TABLES.issubset(tables) and columns.issuperset(EventRow._fields))
+        or "source_id" in columns
+        or "sources" in tables
+    ):
         raise StoreError(
             f"{path} is a SQLite database without the agent's tables, not an agent store"
         )

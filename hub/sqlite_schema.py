@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from stocksync.sqlite import use_wal
+from stocksync.sqlite import AGENT_APPLICATION_ID, HUB_APPLICATION_ID, use_wal
 
 __all__ = [
     "AGENT_APPLICATION_ID",
@@ -22,10 +22,8 @@ __all__ = [
     "open_schema",
 ]
 
-APPLICATION_ID = 0x53534855
-"""``PRAGMA application_id`` of a hub store: ASCII "SSHU"."""
-AGENT_APPLICATION_ID = 0x53534147
-"""... and of an agent store: ASCII "SSAG"."""
+APPLICATION_ID = HUB_APPLICATION_ID
+"""``PRAGMA application_id`` of a hub store (one home: :mod:`stocksync.sqlite`)."""
 
 V1 = """
 CREATE TABLE sources (
