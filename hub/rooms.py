@@ -1,0 +1,729 @@
+"""Live rooms (DESIGN §7) in plain code, with no I/O.
+
+A room features up to :data:`MAX_FEATURED` SKUs and shows each through its
+:class:`DisplayPolicy` — exact numbers, or buckets ("In stock", "Only 3
+left!", "Sold out"). :class:`RoomHub` keeps what every room shows and, when
+the hub says stock changed (:meth:`RoomHub.stock_changed`), publishes an
+:class:`Update` to a room only if what that room shows changed.
+
+Every message of a room has a :class:`Position`: the hub's epoch (random per
+:class:`RoomHub`, so per hub start) and the room's offset, which only grows.
+A room keeps its latest ``history`` messages, so a watcher that comes back
+with its last position gets exactly what it missed, or a :class:`Snapshot`
+that says why not (the Centrifugo recovery model).
+
+A watcher is a :class:`Subscription`. What it has not taken yet coalesces to
+the latest value per SKU, so however long it stalls it holds at most the
+room's featured SKUs, and publishing never waits for it.
+
+The transports — gRPC (:mod:`stocksync.hub.room_service`) and Server-Sent
+Events (:mod:`stocksync.hub.http`) — only translate these messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+import re
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from stocksync.errors import InvalidArgument, Status, StocksyncError
+from stocksync.events import InvalidEvent, validate_sku
+from stocksync.hub.stock import SkuStock, StockBook
+
+__all__ = [
+    "DEFAULT_HISTORY",
+    "DEFAULT_LOW_THRESHOLD",
+    "MAX_FEATURED",
+    "MAX_LOW_THRESHOLD",
+    "BookStockSource",
+    "DisplayMode",
+    "DisplayPolicy",
+    "DisplayState",
+    "MemoryRoomStore",
+    "Position",
+    "RoomEvent",
+    "RoomHub",
+    "RoomInfo",
+    "RoomRecord",
+    "RoomStore",
+    "SkuDisplay",
+    "Snapshot",
+    "SnapshotReason",
+    "StockSource",
+    "Subscription",
+    "UnknownRoom",
+    "Update",
+    "event_dict",
+    "validate_room_id",
+]
+
+MAX_FEATURED = 200
+"""Most SKUs a room features at once: what a host can talk about in one
+stream, and the bound on what a stalled watcher holds."""
+
+DEFAULT_HISTORY = 1000
+"""Messages each room keeps for watchers that resume (``RoomHub(history=)``):
+at a few updates a second, minutes of disconnection recover exactly."""
+
+DEFAULT_LOW_THRESHOLD = 10
+"""At or below this many sellable a SKU shows "Only N left!" unless the room
+says otherwise."""
+
+MAX_LOW_THRESHOLD = 1_000_000
+"""Largest low threshold a room may set."""
+
+_ROOM_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_POSITION = re.compile(r"([A-Za-z0-9_-]{1,64}):([0-9]{1,18})")
+
+
+class UnknownRoom(StocksyncError):
+    """No room of that id is live (it never started, or it ended)."""
+
+    status = Status.NOT_FOUND
+
+
+def validate_room_id(room: str) -> str:
+    """Return ``room`` if it is a well-formed room id.
+
+    Raises:
+        InvalidArgument: naming the field ``room_id``.
+    """
+    if not isinstance(room, str) or not _ROOM_ID.fullmatch(room):
+        raise InvalidArgument(f"room_id {room!r} must be 1-64 letters, digits, '.', '_' or '-'")
+    return room
+
+
+def _validate_featured(skus: Sequence[str]) -> tuple[str, ...]:
+    if len(skus) > MAX_FEATURED:
+        raise InvalidArgument(f"skus: at most {MAX_FEATURED} featured SKUs, got {len(skus)}")
+    seen: set[str] = set()
+    for i, sku in enumerate(skus):
+        try:
+            validate_sku(sku)
+        except InvalidEvent as e:
+            raise InvalidArgument(f"skus[{i}]: {e.detail}") from None
+        if sku in seen:
+            raise InvalidArgument(f"skus[{i}]: {sku!r} is listed twice")
+        seen.add(sku)
+    return tuple(skus)
+
+
+class DisplayMode(enum.Enum):
+    """How a room shows quantities."""
+
+    EXACT = "exact"
+    """Numbers: "12 in stock", "Only 3 left!", "Sold out"."""
+    BUCKETS = "buckets"
+    """"In stock", "Only 3 left!", "Sold out": the number only when low."""
+
+
+class DisplayState(enum.Enum):
+    """Which bucket a SKU is in."""
+
+    IN_STOCK = "in_stock"
+    LOW = "low"
+    SOLD_OUT = "sold_out"
+
+
+class SnapshotReason(enum.Enum):
+    """Why a watcher gets a snapshot (or, ``RESUMED``, does not)."""
+
+    INITIAL = "initial"
+    """The watcher gave no position."""
+    RESUMED = "resumed"
+    """No snapshot: the watcher's position is in the history, and exactly the
+    messages after it follow."""
+    HISTORY_GONE = "history_gone"
+    """The watcher's position is older than the room's history."""
+    NEW_EPOCH = "new_epoch"
+    """The watcher's position is from another hub start."""
+    FEATURED_CHANGED = "featured_changed"
+    """The host changed the featured SKUs."""
+    DISPLAY_CHANGED = "display_changed"
+    """The host changed the display policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class SkuDisplay:
+    """What a room shows for one SKU; two equal values look the same."""
+
+    sku: str
+    state: DisplayState
+    sellable: int | None
+    """The number shown: always in exact mode, only when low in buckets mode."""
+    label: str
+    stale_warehouses: tuple[str, ...] = ()
+    """Warehouses whose figures are stale or offline."""
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayPolicy:
+    """How a room shows stock.
+
+    Raises:
+        InvalidArgument: if ``low_threshold`` is out of range.
+    """
+
+    mode: DisplayMode = DisplayMode.BUCKETS
+    low_threshold: int = DEFAULT_LOW_THRESHOLD
+    """1 to ``low_threshold`` sellable shows "Only N left!"; 0: never low."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.low_threshold <= MAX_LOW_THRESHOLD:
+            raise InvalidArgument(
+                f"low_threshold must be 0 to {MAX_LOW_THRESHOLD}, got {self.low_threshold}"
+            )
+
+    def show(self, stock: SkuStock) -> SkuDisplay:
+        """What a room with this policy shows for ``stock``."""
+        units = stock.sellable
+        exact = self.mode is DisplayMode.EXACT
+        if units <= 0:
+            state, label, shown = DisplayState.SOLD_OUT, "Sold out", 0 if exact else None
+        elif units <= self.low_threshold:
+            state, label, shown = DisplayState.LOW, f"Only {units} left!", units
+        elif exact:
+            state, label, shown = DisplayState.IN_STOCK, f"{units} in stock", units
+        else:
+            state, label, shown = DisplayState.IN_STOCK, "In stock", None
+        return SkuDisplay(stock.sku, state, shown, label, stock.stale_warehouses)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """Where a message is in a room's stream: ``EPOCH:OFFSET``."""
+
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str, field_name: str = "from_position") -> Position:
+        """The position written as ``EPOCH:OFFSET``.
+
+        Raises:
+            InvalidArgument: naming ``field_name``.
+        """
+        match = _POSITION.fullmatch(text)
+        if match is None:
+            raise InvalidArgument(f"{field_name} {text[:80]!r} is not a position (EPOCH:OFFSET)")
+        return cls(match[1], int(match[2]))
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a room shows: its featured SKUs in the host's order."""
+
+    position: Position
+    reason: SnapshotReason
+    policy: DisplayPolicy
+    skus: tuple[SkuDisplay, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """The SKUs whose display changed."""
+
+    position: Position
+    skus: tuple[SkuDisplay, ...]
+    origin: float
+    """``time.monotonic()`` when the oldest input behind it reached the hub."""
+
+
+RoomEvent = Snapshot | Update
+"""One message of a room."""
+
+
+def event_dict(event: RoomEvent) -> dict[str, Any]:
+    """A message as JSON-ready data: one shape for Server-Sent Events and the CLI."""
+    skus = [
+        {
+            "sku": s.sku,
+            "state": s.state.value,
+            **({} if s.sellable is None else {"sellable": s.sellable}),
+            "label": s.label,
+            "stale_warehouses": list(s.stale_warehouses),
+        }
+        for s in event.skus
+    ]
+    if isinstance(event, Update):
+        return {"type": "update", "position": str(event.position), "skus": skus}
+    return {
+        "type": "snapshot",
+        "position": str(event.position),
+        "reason": event.reason.value,
+        "policy": {"mode": event.policy.mode.value, "low_threshold": event.policy.low_threshold},
+        "skus": skus,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    """What of a room survives a hub restart."""
+
+    room: str
+    featured: tuple[str, ...] = ()
+    policy: DisplayPolicy = field(default_factory=DisplayPolicy)
+    ended: bool = False
+    """An ended room is kept so that starting it again keeps its policy."""
+
+
+class RoomStore(Protocol):
+    """Where rooms are kept durably (the hub's own store in production)."""
+
+    def load(self) -> list[RoomRecord]:
+        """Every room saved, ended ones included."""
+        ...
+
+    def save(self, record: RoomRecord) -> None:
+        """Insert or replace the record of ``record.room``, durably, before returning.
+
+        Raises:
+            StocksyncError: if it cannot; the caller then changes nothing.
+        """
+        ...
+
+
+class MemoryRoomStore:
+    """A :class:`RoomStore` in memory (tests, tools)."""
+
+    def __init__(self, records: Iterable[RoomRecord] = ()) -> None:
+        self.records = {r.room: r for r in records}
+
+    def load(self) -> list[RoomRecord]:
+        """See :meth:`RoomStore.load`."""
+        return list(self.records.values())
+
+    def save(self, record: RoomRecord) -> None:
+        """See :meth:`RoomStore.save`."""
+        self.records[record.room] = record
+
+
+class StockSource(Protocol):
+    """Where rooms read stock from."""
+
+    def views(self, skus: Sequence[str], room: str) -> list[SkuStock]:
+        """The current stock of each SKU, in order, as ``room`` sees it (its
+        sellable counts the room's own quota)."""
+        ...
+
+
+class BookStockSource:
+    """A :class:`StockSource` over a :class:`StockBook`.
+
+    Args:
+        book: the quantities.
+        now_ms: the hub's monotonic clock in milliseconds (the staleness
+            policy's time).
+    """
+
+    def __init__(self, book: StockBook, now_ms: Callable[[], int] | None = None) -> None:
+        self.book = book
+        self.now_ms = now_ms or (lambda: time.monotonic_ns() // 1_000_000)
+
+    def views(self, skus: Sequence[str], room: str) -> list[SkuStock]:
+        """See :meth:`StockSource.views`."""
+        now = self.now_ms()
+        return [self.book.view(sku, now, room) for sku in skus]
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    """A room as :meth:`RoomHub.room` describes it."""
+
+    room: str
+    featured: tuple[str, ...]
+    policy: DisplayPolicy
+    position: Position
+    """Of the room's latest message."""
+    watchers: int
+
+
+@dataclass(eq=False)
+class _Room:
+    record: RoomRecord
+    history: deque[RoomEvent]
+    offset: int = 0
+    shown: dict[str, SkuDisplay] = field(default_factory=dict)
+    watchers: set[Subscription] = field(default_factory=set)
+
+    @property
+    def live(self) -> bool:
+        return not self.record.ended
+
+    def snapshot(self, position: Position, reason: SnapshotReason) -> Snapshot:
+        return Snapshot(position, reason, self.record.policy, tuple(self.shown.values()))
+
+
+class RoomHub:
+    """Every live room: what it features and shows, its history, its watchers.
+
+    Runs on one event loop; no method blocks or awaits except
+    :meth:`Subscription.next`.
+
+    Args:
+        source: where stock is read.
+        store: where rooms are kept; loaded here, so ``source`` must be ready.
+        history: messages kept per room for resuming watchers.
+        clock: ``time.monotonic`` (the clock ``stock_changed``'s origin is on).
+
+    Attributes:
+        epoch: random per RoomHub: positions from another hub start are
+            recognised as such.
+        published: messages published to rooms.
+        delivered: messages taken by watchers.
+        coalesced: messages merged into one a watcher had pending, instead
+            of going out on their own.
+        observe_delivery: if set, called with the seconds from an update's
+            origin to a watcher taking it (for a latency histogram).
+    """
+
+    def __init__(
+        self,
+        source: StockSource,
+        store: RoomStore,
+        history: int = DEFAULT_HISTORY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if history < 1:
+            raise ValueError("history must be at least 1")
+        self.source = source
+        self.store = store
+        self.history = history
+        self.clock = clock
+        self.epoch = secrets.token_hex(8)
+        self.published = 0
+        self.delivered = 0
+        self.coalesced = 0
+        self.observe_delivery: Callable[[float], None] | None = None
+        self._rooms: dict[str, _Room] = {}
+        self._featuring: dict[str, set[_Room]] = {}
+        """SKU -> the live rooms featuring it."""
+        for record in store.load():
+            room = self._rooms[record.room] = _Room(record, deque(maxlen=history))
+            if room.live:
+                self._feature(room, record.featured)
+
+    # -- rooms ---------------------------------------------------------------
+
+    def rooms(self) -> list[RoomInfo]:
+        """Every live room, by id."""
+        return [self._info(r) for _, r in sorted(self._rooms.items()) if r.live]
+
+    def room(self, room_id: str) -> RoomInfo:
+        """Describe a live room.
+
+        Raises:
+            InvalidArgument, UnknownRoom
+        """
+        return self._info(self._live(room_id))
+
+    def set_featured(self, room_id: str, skus: Sequence[str]) -> RoomInfo:
+        """Feature ``skus`` (in that order) in the room, starting it if it is
+        not live; watchers get a snapshot of the new set. The same list
+        again changes nothing.
+
+        Raises:
+            InvalidArgument: a bad room id, SKU, duplicate, or too many SKUs.
+            StocksyncError: if the store cannot save it (nothing changes).
+        """
+        validate_room_id(room_id)
+        featured = _validate_featured(skus)
+        room = self._rooms.get(room_id)
+        if room is not None and room.live and room.record.featured == featured:
+            return self._info(room)
+        record = RoomRecord(room_id, featured, room.record.policy if room else DisplayPolicy())
+        self.store.save(record)
+        if room is None:
+            room = self._rooms[room_id] = _Room(record, deque(maxlen=self.history))
+        self._unfeature(room)
+        room.record = record
+        self._feature(room, featured)
+        self._publish(room, room.snapshot(self._advance(room), SnapshotReason.FEATURED_CHANGED))
+        return self._info(room)
+
+    def set_policy(self, room_id: str, policy: DisplayPolicy) -> RoomInfo:
+        """Show the room's stock by ``policy``; watchers get a snapshot.
+
+        Raises:
+            InvalidArgument, UnknownRoom
+            StocksyncError: if the store cannot save it (nothing changes).
+        """
+        room = self._live(room_id)
+        if room.record.policy == policy:
+            return self._info(room)
+        record = replace(room.record, policy=policy)
+        self.store.save(record)
+        room.record = record
+        self._render(room, room.record.featured)
+        self._publish(room, room.snapshot(self._advance(room), SnapshotReason.DISPLAY_CHANGED))
+        return self._info(room)
+
+    def end_room(self, room_id: str) -> None:
+        """End the room: its watchers finish what they have pending and stop.
+
+        Raises:
+            InvalidArgument, UnknownRoom
+            StocksyncError: if the store cannot save it (nothing changes).
+        """
+        room = self._live(room_id)
+        record = replace(room.record, ended=True)
+        self.store.save(record)
+        room.record = record
+        self._unfeature(room)
+        for watcher in list(room.watchers):
+            watcher._end()
+        room.watchers.clear()
+        room.history.clear()  # nobody can resume into a room that ended
+
+    # -- stock ---------------------------------------------------------------
+
+    def stock_changed(self, skus: Collection[str] | None, origin: float) -> None:
+        """The hub made a change durable: update every room whose display of
+        a featured SKU changed.
+
+        Args:
+            skus: SKUs whose sellable may have changed; None: any SKU may
+                have (a warehouse went stale or offline).
+            origin: ``time.monotonic()`` when the causing input reached the hub.
+        """
+        targets: list[tuple[_Room, Sequence[str]]]
+        if skus is None:
+            targets = [(room, room.record.featured) for room in self._rooms.values() if room.live]
+        else:
+            hit: dict[_Room, set[str]] = {}
+            for sku in skus:
+                for room in self._featuring.get(sku, ()):
+                    hit.setdefault(room, set()).add(sku)
+            # In the host's order, so an update lists SKUs as the room shows them.
+            targets = [
+                (room, [s for s in room.record.featured if s in which])
+                for room, which in hit.items()
+            ]
+        for room, featured in targets:
+            changed = self._render(room, featured)
+            if changed:
+                self._publish(room, Update(self._advance(room), tuple(changed), origin))
+
+    # -- watching ------------------------------------------------------------
+
+    def subscribe(self, room_id: str, from_position: Position | None = None) -> Subscription:
+        """Watch a room: a snapshot first (saying why), or, resuming from a
+        position still in this epoch's history, exactly the messages after it.
+
+        Raises:
+            InvalidArgument: a bad room id, or a position ahead of the room.
+            UnknownRoom: no such live room.
+        """
+        room = self._live(room_id)
+        missed: list[RoomEvent] = []
+        if from_position is None:
+            reason = SnapshotReason.INITIAL
+        elif from_position.epoch != self.epoch:
+            reason = SnapshotReason.NEW_EPOCH
+        elif from_position.offset > room.offset:
+            raise InvalidArgument(
+                f"from_position {from_position} is ahead of room {room_id!r} "
+                f"(latest {self.epoch}:{room.offset})"
+            )
+        elif from_position.offset >= room.offset - len(room.history):
+            reason = SnapshotReason.RESUMED
+            skip = len(room.history) - (room.offset - from_position.offset)
+            missed = list(itertools.islice(room.history, skip, None))
+        else:
+            reason = SnapshotReason.HISTORY_GONE
+        watcher = Subscription(self, room_id, reason, missed)
+        if reason is not SnapshotReason.RESUMED:
+            # Pending like any snapshot, so changes until it is taken merge into it.
+            watcher._push(room.snapshot(Position(self.epoch, room.offset), reason))
+        room.watchers.add(watcher)
+        return watcher
+
+    def _leave(self, watcher: Subscription) -> None:
+        room = self._rooms.get(watcher.room)
+        if room is not None:
+            room.watchers.discard(watcher)
+
+    # -- inside --------------------------------------------------------------
+
+    def _live(self, room_id: str) -> _Room:
+        validate_room_id(room_id)
+        room = self._rooms.get(room_id)
+        if room is None or not room.live:
+            raise UnknownRoom(f"no live room {room_id!r}")
+        return room
+
+    def _info(self, room: _Room) -> RoomInfo:
+        return RoomInfo(
+            room.record.room,
+            room.record.featured,
+            room.record.policy,
+            Position(self.epoch, room.offset),
+            len(room.watchers),
+        )
+
+    def _feature(self, room: _Room, featured: Sequence[str]) -> None:
+        room.shown = {}
+        for sku in featured:
+            self._featuring.setdefault(sku, set()).add(room)
+        self._render(room, featured)
+
+    def _unfeature(self, room: _Room) -> None:
+        for sku in room.record.featured:
+            rooms = self._featuring.get(sku)
+            if rooms is not None:
+                rooms.discard(room)
+                if not rooms:
+                    del self._featuring[sku]
+        room.shown = {}
+
+    def _render(self, room: _Room, skus: Sequence[str]) -> list[SkuDisplay]:
+        """Show ``skus`` again by the room's policy; returns those that changed."""
+        if not skus:
+            return []
+        changed = []
+        policy = room.record.policy
+        for stock in self.source.views(skus, room.record.room):
+            shown = policy.show(stock)
+            if room.shown.get(stock.sku) != shown:
+                room.shown[stock.sku] = shown
+                changed.append(shown)
+        return changed
+
+    def _advance(self, room: _Room) -> Position:
+        room.offset += 1
+        return Position(self.epoch, room.offset)
+
+    def _publish(self, room: _Room, event: RoomEvent) -> None:
+        room.history.append(event)
+        self.published += 1
+        for watcher in room.watchers:
+            watcher._push(event)
+
+
+class Subscription:
+    """One watcher of a room; iterate it (``async for``) or call :meth:`next`.
+
+    What the watcher has not taken merges into one pending message holding
+    the latest value per SKU (at most the room's featured SKUs): an update
+    into a pending update or snapshot, a snapshot replacing whatever was
+    pending. Exactly replayed messages (after a resume) come first, as they
+    were.
+
+    Attributes:
+        room: the room's id.
+        reason: why the subscription opened as it did; ``RESUMED``: the
+            missed messages come first, with no snapshot.
+    """
+
+    def __init__(
+        self, hub: RoomHub, room: str, reason: SnapshotReason, missed: Iterable[RoomEvent]
+    ) -> None:
+        self.room = room
+        self.reason = reason
+        self._hub = hub
+        self._exact: deque[RoomEvent] = deque(missed)
+        self._merged: dict[str, SkuDisplay] = {}
+        self._opened: Snapshot | None = None
+        """The pending snapshot the merged values belong to, if any."""
+        self._position: Position | None = None
+        """Of the newest message merged; None: nothing pending."""
+        self._origin = 0.0
+        self._wakeup = asyncio.Event()
+        self._ended = False
+        if self._exact:
+            self._wakeup.set()
+
+    @property
+    def pending(self) -> int:
+        """SKU values waiting to be taken (exact replay aside): at most the
+        room's featured SKUs."""
+        return len(self._merged)
+
+    @property
+    def backlog(self) -> int:
+        """Replayed messages waiting to be taken (at most the room's history)."""
+        return len(self._exact)
+
+    def _push(self, event: RoomEvent) -> None:
+        if self._ended:
+            return
+        if self._position is not None:
+            self._hub.coalesced += 1
+        if isinstance(event, Snapshot):
+            self._opened = event
+            self._merged = {s.sku: s for s in event.skus}
+        else:
+            if self._position is None:
+                self._origin = event.origin  # the oldest input the message carries
+            for s in event.skus:
+                self._merged[s.sku] = s
+        self._position = event.position
+        self._wakeup.set()
+
+    def _end(self) -> None:
+        """The room ended: finish what is pending, then stop."""
+        self._ended = True
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop watching (the watcher went away); drops anything pending."""
+        self._ended = True
+        self._exact.clear()
+        self._merged = {}
+        self._opened = self._position = None
+        self._hub._leave(self)
+        self._wakeup.set()
+
+    def take(self) -> RoomEvent | None:
+        """The next message if one is waiting, else None (never waits)."""
+        event: RoomEvent
+        if self._exact:
+            event = self._exact.popleft()
+        elif self._position is not None:
+            skus = tuple(self._merged.values())
+            if self._opened is not None:
+                event = replace(self._opened, position=self._position, skus=skus)
+            else:
+                event = Update(self._position, skus, self._origin)
+            self._merged, self._opened, self._position = {}, None, None
+        else:
+            return None
+        self._hub.delivered += 1
+        observe = self._hub.observe_delivery
+        if observe is not None and isinstance(event, Update):
+            observe(self._hub.clock() - event.origin)
+        return event
+
+    async def next(self) -> RoomEvent:
+        """The next message, waiting for one.
+
+        Cancelling the wait loses nothing.
+
+        Raises:
+            StopAsyncIteration: the room ended (after the last pending
+                message) or the subscription was closed.
+        """
+        while True:
+            event = self.take()
+            if event is not None:
+                return event
+            if self._ended:
+                raise StopAsyncIteration
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> RoomEvent:
+        return await self.next()
