@@ -61,6 +61,7 @@ __all__ = [
     "UnknownRoom",
     "Update",
     "event_dict",
+    "room_dict",
     "validate_room_id",
 ]
 
@@ -243,6 +244,10 @@ RoomEvent = Snapshot | Update
 """One message of a room."""
 
 
+def _policy_dict(policy: DisplayPolicy) -> dict[str, Any]:
+    return {"mode": policy.mode.value, "low_threshold": policy.low_threshold}
+
+
 def event_dict(event: RoomEvent) -> dict[str, Any]:
     """A message as JSON-ready data: one shape for Server-Sent Events and the CLI."""
     skus = [
@@ -261,7 +266,7 @@ def event_dict(event: RoomEvent) -> dict[str, Any]:
         "type": "snapshot",
         "position": str(event.position),
         "reason": event.reason.value,
-        "policy": {"mode": event.policy.mode.value, "low_threshold": event.policy.low_threshold},
+        "policy": _policy_dict(event.policy),
         "skus": skus,
     }
 
@@ -348,6 +353,17 @@ class RoomInfo:
     watchers: int
 
 
+def room_dict(info: RoomInfo) -> dict[str, Any]:
+    """A room's description as JSON-ready data."""
+    return {
+        "room_id": info.room,
+        "featured": list(info.featured),
+        "policy": _policy_dict(info.policy),
+        "position": str(info.position),
+        "watchers": info.watchers,
+    }
+
+
 @dataclass(eq=False)
 class _Room:
     record: RoomRecord
@@ -414,6 +430,14 @@ class RoomHub:
                 self._feature(room, record.featured)
 
     # -- rooms ---------------------------------------------------------------
+
+    def watchers(self, room_id: str) -> list[Subscription]:
+        """The room's open subscriptions (to read their ``pending``).
+
+        Raises:
+            InvalidArgument, UnknownRoom
+        """
+        return list(self._live(room_id).watchers)
 
     def rooms(self) -> list[RoomInfo]:
         """Every live room, by id."""
