@@ -647,6 +647,7 @@ class Subscription:
         room: the room's id.
         reason: why the subscription opened as it did; ``RESUMED``: the
             missed messages come first, with no snapshot.
+        room_ended: the room ended (rather than the subscription being closed).
     """
 
     def __init__(
@@ -663,7 +664,8 @@ class Subscription:
         """Of the newest message merged; None: nothing pending."""
         self._origin = 0.0
         self._wakeup = asyncio.Event()
-        self._ended = False
+        self._done = False
+        self.room_ended = False
         if self._exact:
             self._wakeup.set()
 
@@ -679,7 +681,7 @@ class Subscription:
         return len(self._exact)
 
     def _push(self, event: RoomEvent) -> None:
-        if self._ended:
+        if self._done:
             return
         if self._position is not None:
             self._hub.coalesced += 1
@@ -696,12 +698,13 @@ class Subscription:
 
     def _end(self) -> None:
         """The room ended: finish what is pending, then stop."""
-        self._ended = True
+        self._done = self.room_ended = True
         self._wakeup.set()
 
     def close(self) -> None:
-        """Stop watching (the watcher went away); drops anything pending."""
-        self._ended = True
+        """Stop watching (the watcher went away, or the hub stops): drops
+        anything pending; a waiting :meth:`next` stops."""
+        self._done = True
         self._exact.clear()
         self._merged = {}
         self._opened = self._position = None
@@ -741,7 +744,7 @@ class Subscription:
             event = self.take()
             if event is not None:
                 return event
-            if self._ended:
+            if self._done:
                 raise StopAsyncIteration
             self._wakeup.clear()
             await self._wakeup.wait()

@@ -1,0 +1,232 @@
+"""The hub's HTTP face (aiohttp, on the hub's own event loop).
+
+Every route is listed in :func:`make_app`; for now, live rooms for browsers
+(DESIGN §7):
+
+- ``GET /rooms/{room}/events`` — Server-Sent Events: the room's messages as
+  :func:`stocksync.hub.rooms.event_dict` JSON, ``event:`` ``snapshot`` or
+  ``update`` (and one ``end`` when the room ends), ``id:`` the position
+  (``EPOCH:OFFSET``). A browser's ``Last-Event-ID`` header, or a
+  ``?last_event_id=`` query for clients that cannot set it, resumes; a
+  comment line every ``heartbeat_s`` keeps proxies from closing an idle
+  stream and notices a viewer who left.
+- ``GET /rooms/{room}/overlay`` — the overlay page (``static/overlay.html``)
+  a host adds to OBS Studio as a browser source.
+
+Every rule lives in :mod:`stocksync.hub.rooms`; a refusal maps to its HTTP
+status by one table (:data:`HTTP_STATUS`) from the error's status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib import resources
+
+from aiohttp import web
+
+from stocksync.errors import Status, StocksyncError
+from stocksync.hub.rooms import (
+    Position,
+    RoomEvent,
+    RoomHub,
+    Subscription,
+    event_dict,
+    validate_room_id,
+)
+
+__all__ = [
+    "HEARTBEAT_S",
+    "HTTP_STATUS",
+    "RECONNECT_MS",
+    "ROOMS",
+    "HttpServer",
+    "make_app",
+    "sse_frame",
+]
+
+log = logging.getLogger("stocksync.hub.http")
+
+HEARTBEAT_S = 15.0
+"""Seconds between comment lines on an idle event stream: below the idle
+timeouts of common proxies (often 30-60 s), and the longest a viewer who
+left keeps a subscription open."""
+
+RECONNECT_MS = 1000
+"""The ``retry:`` a browser waits before reconnecting a dropped event stream."""
+
+HTTP_STATUS = {
+    Status.INVALID_ARGUMENT: 400,
+    Status.PERMISSION_DENIED: 403,
+    Status.NOT_FOUND: 404,
+    Status.FAILED_PRECONDITION: 409,
+    Status.ABORTED: 409,
+    Status.RESOURCE_EXHAUSTED: 429,
+    Status.UNAVAILABLE: 503,
+    Status.DEADLINE_EXCEEDED: 504,
+    Status.INTERNAL: 500,
+}
+"""The HTTP status of each domain error status."""
+
+ROOMS = web.AppKey("rooms", RoomHub)
+
+
+@dataclass
+class _Live:
+    """What the room routes share."""
+
+    heartbeat_s: float
+    overlay: bytes
+    streams: set[Subscription] = field(default_factory=set)
+    """Open event streams, closed when the server shuts down."""
+
+
+_LIVE = web.AppKey("live", _Live)
+
+
+def make_app(rooms: RoomHub, heartbeat_s: float = HEARTBEAT_S) -> web.Application:
+    """The hub's HTTP application.
+
+    Args:
+        rooms: the hub's rooms.
+        heartbeat_s: see :data:`HEARTBEAT_S`.
+    """
+    app = web.Application()
+    app[ROOMS] = rooms
+    overlay = resources.files("stocksync.hub").joinpath("static/overlay.html").read_bytes()
+    app[_LIVE] = _Live(heartbeat_s, overlay)
+    app.on_shutdown.append(_close_streams)
+    app.add_routes(
+        [
+            web.get("/rooms/{room}/events", room_events),
+            web.get("/rooms/{room}/overlay", room_overlay),
+        ]
+    )
+    return app
+
+
+async def _close_streams(app: web.Application) -> None:
+    # An event stream never ends by itself: without this, stopping the
+    # server would wait out its shutdown timeout. Browsers reconnect (and
+    # resume) once the hub is back.
+    for watcher in list(app[_LIVE].streams):
+        watcher.close()
+
+
+class HttpServer:
+    """An application served on the running event loop.
+
+    Args:
+        app: what to serve (from :func:`make_app`).
+        host: the address to bind.
+        port: the port; 0 for any free one (see :attr:`port` once started).
+        shutdown_timeout: the longest :meth:`stop` waits for requests in
+            flight (event streams are closed at once).
+    """
+
+    def __init__(
+        self, app: web.Application, host: str, port: int, shutdown_timeout: float = 5.0
+    ) -> None:
+        self.runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+        self.host = host
+        self.port = port
+
+    async def start(self) -> int:
+        """Bind and serve; returns the bound port.
+
+        Raises:
+            OSError: if the address cannot be bound.
+        """
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError:
+            await self.runner.cleanup()
+            raise
+        self.port = int(self.runner.addresses[0][1])
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop serving: event streams end, browsers will reconnect."""
+        await self.runner.cleanup()
+
+
+def _refusal(error: StocksyncError) -> web.Response:
+    return web.json_response({"error": error.detail}, status=HTTP_STATUS[error.status])
+
+
+def sse_frame(event: RoomEvent) -> bytes:
+    """One room message as a Server-Sent Events frame."""
+    data = event_dict(event)
+    body = json.dumps(data, separators=(",", ":"))
+    return f"id: {event.position}\nevent: {data['type']}\ndata: {body}\n\n".encode()
+
+
+async def room_events(request: web.Request) -> web.StreamResponse:
+    """``GET /rooms/{room}/events``: the room as Server-Sent Events."""
+    rooms = request.app[ROOMS]
+    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
+    try:
+        start = Position.parse(last, "Last-Event-ID") if last else None
+        watcher = rooms.subscribe(request.match_info["room"], start)
+    except StocksyncError as e:
+        return _refusal(e)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            # Ask reverse proxies (nginx) not to buffer the stream.
+            "X-Accel-Buffering": "no",
+        }
+    )
+    heartbeat = request.app[_LIVE].heartbeat_s
+    streams = request.app[_LIVE].streams
+    streams.add(watcher)
+    try:
+        await response.prepare(request)
+        await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        while True:
+            try:
+                async with asyncio.timeout(heartbeat):
+                    event = await watcher.next()
+            except TimeoutError:
+                await response.write(b": heartbeat\n\n")
+                continue
+            except StopAsyncIteration:
+                if watcher.room_ended:
+                    await response.write(b"event: end\ndata: {}\n\n")
+                break
+            # Waits while the viewer's connection is full: meanwhile its
+            # changes merge in the subscription.
+            await response.write(sse_frame(event))
+    except ConnectionResetError:
+        log.debug("event stream of room %s: the viewer left", watcher.room)
+    finally:
+        streams.discard(watcher)
+        watcher.close()
+    return response
+
+
+async def room_overlay(request: web.Request) -> web.Response:
+    """``GET /rooms/{room}/overlay``: the overlay page (it reads the room
+    from its own URL, so it loads before the room starts)."""
+    try:
+        validate_room_id(request.match_info["room"])
+    except StocksyncError as e:
+        return _refusal(e)
+    return web.Response(
+        body=request.app[_LIVE].overlay,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Cache-Control": "no-cache",
+            # The page is self-contained: it may talk only to this hub.
+            "Content-Security-Policy": (
+                "default-src 'none'; script-src 'unsafe-inline'; "
+                "style-src 'unsafe-inline'; connect-src 'self'"
+            ),
+        },
+    )
