@@ -8,6 +8,7 @@ domain errors into statuses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +40,11 @@ __all__ = [
     "room_from_proto",
     "room_to_proto",
 ]
+
+ENCODED_CACHE = 256
+"""Room messages whose protobuf the servicer keeps, to send to every watcher
+that takes one as published (a few per room is enough; they are taken
+within moments of each other)."""
 
 SERVICE_NAME = rooms_pb2.DESCRIPTOR.services_by_name["LiveRoomService"].full_name
 """For health and reflection."""
@@ -176,6 +182,9 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
 
     def __init__(self, rooms: RoomHub) -> None:
         self.rooms = rooms
+        # A message no watcher had merged is one object for all of them:
+        # build its protobuf once, not once per watcher.
+        self._encode = functools.lru_cache(maxsize=ENCODED_CACHE)(event_to_proto)
 
     @guarded
     async def SetFeatured(
@@ -229,7 +238,7 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
             # Taken one at a time, as gRPC's flow control lets the last one
             # out: while the watcher does not read, its changes merge.
             async for event in watcher:
-                yield event_to_proto(event)
+                yield self._encode(event)
         finally:
             # Also on cancellation, when the watcher disconnects.
             watcher.close()

@@ -662,6 +662,10 @@ class Subscription:
         """The pending snapshot the merged values belong to, if any."""
         self._position: Position | None = None
         """Of the newest message merged; None: nothing pending."""
+        self._single: RoomEvent | None = None
+        """The message pending, while there is only one: taken as published,
+        the same object for every watcher (so a transport can reuse its
+        encoding)."""
         self._origin = 0.0
         self._wakeup = asyncio.Event()
         self._done = False
@@ -685,6 +689,9 @@ class Subscription:
             return
         if self._position is not None:
             self._hub.coalesced += 1
+            self._single = None
+        else:
+            self._single = event
         if isinstance(event, Snapshot):
             self._opened = event
             self._merged = {s.sku: s for s in event.skus}
@@ -707,7 +714,7 @@ class Subscription:
         self._done = True
         self._exact.clear()
         self._merged = {}
-        self._opened = self._position = None
+        self._opened = self._position = self._single = None
         self._hub._leave(self)
         self._wakeup.set()
 
@@ -716,15 +723,17 @@ class Subscription:
         event: RoomEvent
         if self._exact:
             event = self._exact.popleft()
-        elif self._position is not None:
-            skus = tuple(self._merged.values())
-            if self._opened is not None:
+        elif self._position is None:
+            return None
+        else:
+            if self._single is not None:
+                event = self._single
+            elif self._opened is not None:
+                skus = tuple(self._merged.values())
                 event = replace(self._opened, position=self._position, skus=skus)
             else:
-                event = Update(self._position, skus, self._origin)
-            self._merged, self._opened, self._position = {}, None, None
-        else:
-            return None
+                event = Update(self._position, tuple(self._merged.values()), self._origin)
+            self._merged, self._opened, self._position, self._single = {}, None, None, None
         self._hub.delivered += 1
         observe = self._hub.observe_delivery
         if observe is not None and isinstance(event, Update):

@@ -248,6 +248,19 @@ def test_a_stalled_watcher_holds_at_most_the_featured_skus(stock: Stock) -> None
     assert stock.rooms.delivered == 2 + 20_000 + 1  # two snapshots, live, merged
 
 
+def test_an_unmerged_message_is_one_object_for_every_watcher(stock: Stock) -> None:
+    stock.rooms.set_featured("r", ["A", "B"])
+    one, two = stock.rooms.subscribe("r"), stock.rooms.subscribe("r")
+    drain(one)
+    drain(two)
+    stock.add("A", 1)
+    assert one.take() is two.take()  # a transport encodes it once
+    stock.add("A", 1)
+    stock.add("B", 1)
+    merged = one.take()
+    assert merged is not None and [s.sku for s in merged.skus] == ["A", "B"]
+
+
 def test_a_featured_change_replaces_what_was_pending(stock: Stock) -> None:
     stock.rooms.set_featured("r", ["A", "B"])
     watcher = stock.rooms.subscribe("r")
