@@ -97,7 +97,8 @@ def validate_room_id(room: str) -> str:
         InvalidArgument: naming the field ``room_id``.
     """
     if not isinstance(room, str) or not _ROOM_ID.fullmatch(room):
-        raise InvalidArgument(f"room_id {room!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        shown = room[:80] if isinstance(room, str) else room
+        raise InvalidArgument(f"room_id {shown!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return room
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -220,5 +222,51 @@ def test_the_overlay_page_is_served_self_contained() -> None:
             assert "EventSource" in page
             assert "http://" not in page.replace("http://HUB:PORT", "")
             assert "https://" not in page and "@import" not in page
+
+    asyncio.run(scenario())
+
+
+def test_a_viewer_who_stops_reading_holds_at_most_the_featured_skus() -> None:
+    stock = Stock()
+    skus = [f"SKU-{i}" for i in range(10)]
+    stock.rooms.set_featured("r", skus)
+    stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
+    total = 20_000
+
+    async def scenario() -> None:
+        async with serving(stock) as base:
+            port = int(base.rsplit(":", 1)[1])
+            # A raw client with a tiny receive buffer that never reads.
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=2**16)
+            writer.write(b"GET /rooms/r/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            [viewer] = await until(lambda: stock.rooms.watchers("r"), "the viewer")
+            most = 0
+            for _ in range(total):
+                # Every SKU at once: frames of ~1.5 kB outgrow any socket buffers.
+                for sku in skus:
+                    stock.book.add_on_hand("WH-1", sku, 1)
+                stock.rooms.stock_changed(skus, time.monotonic())
+                most = max(most, viewer.pending)
+                await asyncio.sleep(0)
+            assert 0 < viewer.pending <= len(skus) and most <= len(skus)
+            # Reading again, it catches up to the latest value of every SKU.
+            last = f"{stock.rooms.epoch}:{stock.rooms.room('r').position.offset}"
+            text = ""
+            while f"id: {last}\n" not in text:
+                text += (await asyncio.wait_for(reader.read(2**16), 60)).decode()
+            # Each frame went out as one HTTP chunk; its data line ends it.
+            frames = [f for f in text.split("\n\n") if "\ndata: " in f]
+            values: dict[str, int] = {}
+            for frame in frames:
+                data = json.loads(frame.split("\ndata: ", 1)[1])
+                values.update({s["sku"]: s["sellable"] for s in data["skus"]})
+            assert values == {sku: total for sku in skus}
+            assert len(frames) < total and stock.rooms.coalesced > 0
+            writer.close()
 
     asyncio.run(scenario())
