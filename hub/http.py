@@ -129,6 +129,7 @@ class HttpServer:
     def __init__(
         self, app: web.Application, host: str, port: int, shutdown_timeout: float = 5.0
     ) -> None:
+        # No access log: a line per overlay viewer would drown the hub's own.
         self.runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
         self.host = host
         self.port = port

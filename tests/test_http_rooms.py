@@ -270,3 +270,22 @@ def test_a_viewer_who_stops_reading_holds_at_most_the_featured_skus() -> None:
             writer.close()
 
     asyncio.run(scenario())
+
+
+def test_an_address_in_use_is_an_os_error() -> None:
+    stock = Stock()
+
+    async def scenario() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            server = HttpServer(make_app(stock.rooms), "127.0.0.1", port)
+            try:
+                await server.start()
+            except OSError as e:
+                assert "address already in use" in str(e).lower()
+            else:
+                raise AssertionError("bound a port that was taken")
+
+    asyncio.run(scenario())
