@@ -62,7 +62,7 @@ def chromium() -> Path:
 
 
 def test_the_overlay_shows_live_stock_and_reconnects(chromium: Path, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+    from playwright.async_api import Locator, async_playwright, expect
 
     stock = Stock()
     stock.add("SKU-1", 12)
@@ -87,7 +87,7 @@ def test_the_overlay_shows_live_stock_and_reconnects(chromium: Path, tmp_path: P
                 "Waiting for the live…", timeout=WAIT_MS
             )
 
-            def label(sku: str):  # type: ignore[no-untyped-def]
+            def label(sku: str) -> Locator:
                 return page.locator(f'li[data-sku="{sku}"] .label')
 
             await expect(label("SKU-1")).to_have_text("12 in stock", timeout=WAIT_MS)

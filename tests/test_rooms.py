@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -360,11 +361,13 @@ def test_delivery_latency_is_observed_from_the_oldest_input(stock: Stock) -> Non
         (lambda r: r.subscribe("r", Position(r.epoch, 99)), "from_position .* is ahead"),
     ],
 )
-def test_bad_input_is_refused_naming_the_field(call: object, detail: str, stock: Stock) -> None:
+def test_bad_input_is_refused_naming_the_field(
+    call: Callable[[RoomHub], object], detail: str, stock: Stock
+) -> None:
     stock.rooms.set_featured("r", ["A"])
     records = dict(stock.store.records)
     with pytest.raises(InvalidArgument, match=detail):
-        call(stock.rooms)  # type: ignore[operator]
+        call(stock.rooms)
     assert stock.store.records == records
     assert stock.rooms.room("r").featured == ("A",)
 
