@@ -22,15 +22,13 @@ from stocksync.cli_common import (
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
 from stocksync.hub.check import check_store
-from stocksync.hub.cli_client import channel, client_options, json_option, query
+from stocksync.hub.cli_client import client_options, json_option, query
 from stocksync.hub.cli_reservations import COMMANDS
+from stocksync.hub.rooms_cli import rooms
 from stocksync.hub.server import Hub, check_free, write_ready_file
 from stocksync.v1 import inventory_pb2
 
 __all__ = ["client_options", "json_option", "main"]
-
-# The connection helpers live in cli_client; names kept here for importers.
-_channel = channel
 
 
 @click.group(
@@ -54,6 +52,7 @@ def main() -> None:
 @main.command()
 @click.option("--db", default=None, help="The hub's SQLite store [stocksync-hub.db].")
 @click.option("--listen", default=None, help="HOST:PORT to serve on [127.0.0.1:50051].")
+@click.option("--http", default=None, help="HOST:PORT for rooms' SSE, overlays, /metrics.")
 @click.option("--insecure", is_flag=True, default=None, help="Serve plaintext.")
 @click.option("--tls-cert", default=None, help="Server certificate (PEM).")
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
@@ -96,8 +95,12 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
             await hub.stop()
             raise click.ClickException(str(e)) from None
         click.echo(f"stocksync hub serving on port {hub.port}", err=True)
+        if hub.http_port:
+            click.echo(f"stocksync hub HTTP (rooms, overlays) on port {hub.http_port}", err=True)
         if ready_file:
-            write_ready_file(ready_file, port=hub.port, listen=config.listen)
+            write_ready_file(
+                ready_file, port=hub.port, listen=config.listen, http_port=hub.http_port
+            )
         await stop.wait()
         click.echo("stocksync hub stopping: agents are told, queued writes finish", err=True)
         await hub.stop()
@@ -266,6 +269,7 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
 
 for _command in COMMANDS:
     main.add_command(_command)
+main.add_command(rooms)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

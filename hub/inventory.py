@@ -371,6 +371,10 @@ class Inventory:
         now = self.clock.now_ms()
         return [self.ledger.view(sku, now, room) for sku in skus]
 
+    def views(self, skus: Sequence[str], room: str) -> list[SkuStock]:
+        """The rooms' :class:`~stocksync.hub.rooms.StockSource`: :meth:`stock`."""
+        return self.stock(skus, room)
+
     async def conflicts(self, open_only: bool = False, limit: int = 1000) -> list[Conflict]:
         """Recorded conflicts, newest first."""
         loop = asyncio.get_running_loop()

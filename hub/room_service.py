@@ -9,7 +9,7 @@ domain errors into statuses.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -178,10 +178,15 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
 
     Args:
         rooms: the hub's rooms.
+        on_end: called once a room has ended (the hub returns its unsold
+            quotas to sale).
     """
 
-    def __init__(self, rooms: RoomHub) -> None:
+    def __init__(
+        self, rooms: RoomHub, on_end: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.rooms = rooms
+        self.on_end = on_end
         # A message no watcher had merged is one object for all of them:
         # build its protobuf once, not once per watcher.
         self._encode = functools.lru_cache(maxsize=ENCODED_CACHE)(event_to_proto)
@@ -192,6 +197,7 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
     ) -> rooms_pb2.SetFeaturedResponse:
         """Replace the room's featured SKUs (starting the room)."""
         info = self.rooms.set_featured(request.room_id, list(request.skus))
+        await self.rooms.store.flushed()  # answered once durable
         return rooms_pb2.SetFeaturedResponse(room=room_to_proto(info))
 
     @guarded
@@ -200,6 +206,7 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
     ) -> rooms_pb2.SetDisplayPolicyResponse:
         """Set how the room shows stock."""
         info = self.rooms.set_policy(request.room_id, policy_from_proto(request))
+        await self.rooms.store.flushed()
         return rooms_pb2.SetDisplayPolicyResponse(room=room_to_proto(info))
 
     @guarded
@@ -222,6 +229,9 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
     ) -> rooms_pb2.EndRoomResponse:
         """End the room; its watchers' streams end."""
         self.rooms.end_room(request.room_id)
+        await self.rooms.store.flushed()
+        if self.on_end is not None:
+            await self.on_end(request.room_id)
         return rooms_pb2.EndRoomResponse()
 
     async def Watch(

@@ -291,10 +291,23 @@ class RoomStore(Protocol):
         ...
 
     def save(self, record: RoomRecord) -> None:
-        """Insert or replace the record of ``record.room``, durably, before returning.
+        """Insert or replace the record of ``record.room``.
+
+        A store that can write at once does so before returning; the hub's
+        own store queues the write to its writer (the event loop never
+        waits on SQLite), and :meth:`flushed` then waits for it.
 
         Raises:
             StocksyncError: if it cannot; the caller then changes nothing.
+        """
+        ...
+
+    async def flushed(self) -> None:
+        """Wait until everything saved is durable.
+
+        Raises:
+            StocksyncError: if a queued save failed (it is tried again with
+                the next save).
         """
         ...
 
@@ -312,6 +325,9 @@ class MemoryRoomStore:
     def save(self, record: RoomRecord) -> None:
         """See :meth:`RoomStore.save`."""
         self.records[record.room] = record
+
+    async def flushed(self) -> None:
+        """See :meth:`RoomStore.flushed` (saves are immediate here)."""
 
 
 class StockSource(Protocol):

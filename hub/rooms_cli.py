@@ -12,7 +12,8 @@ from typing import Any
 import click
 import grpc
 
-from stocksync.hub.cli import _channel, client_options, json_option
+from stocksync.hub.cli_client import channel as _channel
+from stocksync.hub.cli_client import client_options, json_option
 from stocksync.hub.room_service import event_from_proto, room_from_proto
 from stocksync.hub.rooms import RoomEvent, RoomInfo, Snapshot, event_dict, room_dict
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc

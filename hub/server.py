@@ -30,8 +30,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from stocksync.config import HubConfig
 from stocksync.hub.clock import HubClock
 from stocksync.hub.grpc_edge import DecodeGuard, enable_reflection
+from stocksync.hub.http import HttpServer, make_app
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer
+from stocksync.hub.room_service import SERVICE_NAME as ROOM_SERVICE
+from stocksync.hub.room_service import RoomServicer
+from stocksync.hub.room_store import WriterRoomStore
+from stocksync.hub.rooms import RoomHub
 from stocksync.hub.sqlite_store import SqliteHubStore
 from stocksync.hub.stock import StalenessPolicy
 from stocksync.hub.storage import HubStore
@@ -39,7 +44,13 @@ from stocksync.hub.streams import StreamRegistry
 from stocksync.hub.sync_service import SyncServicer
 from stocksync.hub.writer import Writer
 from stocksync.tls import server_credentials
-from stocksync.v1 import inventory_pb2, inventory_pb2_grpc, sync_pb2, sync_pb2_grpc
+from stocksync.v1 import (
+    inventory_pb2,
+    inventory_pb2_grpc,
+    rooms_pb2_grpc,
+    sync_pb2,
+    sync_pb2_grpc,
+)
 from stocksync.wire import MAX_MESSAGE_BYTES
 
 __all__ = ["SERVICE_NAMES", "Hub", "check_free", "server_options", "write_ready_file"]
@@ -49,6 +60,7 @@ log = logging.getLogger("stocksync.hub")
 SERVICE_NAMES = (
     sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
+    ROOM_SERVICE,
 )
 """The stocksync services; each has a health status of its own."""
 
@@ -101,9 +113,12 @@ class Hub:
             ),
             default_ttl_ms=int(config.reservation_ttl_s * 1000),
         )
+        self.rooms: RoomHub | None = None
+        self.http: HttpServer | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
         self.port = 0
+        self.http_port = 0
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0).
@@ -113,6 +128,9 @@ class Hub:
         """
         self.writer.start()
         await self.inventory.start()
+        records = await asyncio.get_running_loop().run_in_executor(self.reads, self.store.rooms)
+        self.rooms = rooms = RoomHub(self.inventory, WriterRoomStore(records, self.writer))
+        self.inventory.stock_listeners.append(rooms.stock_changed)
         server = grpc.aio.server(options=server_options(), interceptors=[DecodeGuard()])
         sync_pb2_grpc.add_SyncServiceServicer_to_server(
             SyncServicer(
@@ -130,6 +148,9 @@ class Hub:
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
             InventoryServicer(self.store, self.reads, self.streams, self.inventory), server
         )
+        rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(
+            RoomServicer(rooms, on_end=self.inventory.release_quota), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*SERVICE_NAMES, health_name], server)
@@ -144,6 +165,16 @@ class Hub:
             self.port = 0
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
+        if self.config.http:
+            host, _, port = self.config.http.rpartition(":")
+            self.http = HttpServer(make_app(rooms), host.strip("[]"), int(port))
+            try:
+                self.http_port = await self.http.start()
+            except OSError as e:
+                self.http = None
+                raise RuntimeError(
+                    f"cannot serve HTTP on {self.config.http}: {e.strerror}"
+                ) from None
         await server.start()
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -158,6 +189,9 @@ class Hub:
         ends with UNAVAILABLE ("hub is stopping"); calls still running after
         ``grace`` seconds are cancelled.
         """
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             self.streams.closing.set()

@@ -139,7 +139,19 @@ objects), pick commands, room quotas, safety stock, conflicts; the hub's own
 clock in ``meta``; and each snapshot's stock, so ``stocksync-hub check`` can
 recompute every on_hand from the stored history."""
 
-MIGRATIONS = (V1, V2)
+V3 = """
+CREATE TABLE rooms (
+    room TEXT PRIMARY KEY,
+    featured TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    low_threshold INTEGER NOT NULL,
+    ended INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+"""Live rooms: the featured SKUs (a JSON list, in the host's order), the
+display policy, and whether the room has ended."""
+
+MIGRATIONS = (V1, V2, V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

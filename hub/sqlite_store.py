@@ -8,6 +8,7 @@ waits for a commit's fsync and never sees half a batch.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from pathlib import Path
 from stocksync.errors import IncidentLog
 from stocksync.events import EventRow
 from stocksync.hub.ledger import Changes, Conflict
+from stocksync.hub.rooms import DisplayMode, DisplayPolicy, RoomRecord
 from stocksync.hub.sqlite_ledger import load_conflicts, load_ledger, save_changes
 from stocksync.hub.sqlite_schema import WrongFile, open_schema
 from stocksync.hub.storage import (
@@ -188,6 +190,22 @@ class SqliteHubStore:
         with self._read_lock, self._errors("read"):
             return load_conflicts(self._reader, open_only, limit)
 
+    def rooms(self) -> list[RoomRecord]:
+        """See :meth:`HubStore.rooms`."""
+        with self._read_lock, self._errors("read"):
+            rows = self._reader.execute(
+                "SELECT room, featured, mode, low_threshold, ended FROM rooms ORDER BY room"
+            ).fetchall()
+        return [
+            RoomRecord(
+                room,
+                tuple(json.loads(featured)),
+                DisplayPolicy(DisplayMode(mode), low_threshold),
+                bool(ended),
+            )
+            for room, featured, mode, low_threshold, ended in rows
+        ]
+
     def close(self) -> None:
         """Fold the write-ahead log into the database file, then close both
         connections (the file is then complete on its own, e.g. for a copy)."""
@@ -268,6 +286,23 @@ class _SqliteTx:
         """See :meth:`WriteTx.save_changes`."""
         with self._store._errors("save"):
             save_changes(self._conn, changes)
+
+    def save_room(self, record: RoomRecord) -> None:
+        """See :meth:`WriteTx.save_room`."""
+        with self._store._errors("save"):
+            self._conn.execute(
+                "INSERT INTO rooms (room, featured, mode, low_threshold, ended) "
+                "VALUES (?,?,?,?,?) ON CONFLICT(room) DO UPDATE SET featured = excluded.featured, "
+                "mode = excluded.mode, low_threshold = excluded.low_threshold, "
+                "ended = excluded.ended",
+                (
+                    record.room,
+                    json.dumps(list(record.featured)),
+                    record.policy.mode.value,
+                    record.policy.low_threshold,
+                    int(record.ended),
+                ),
+            )
 
     def set_hub_time(self, hub_time_ms: int) -> None:
         """See :meth:`WriteTx.set_hub_time`."""

@@ -27,6 +27,7 @@ from typing import Protocol
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
 from stocksync.hub.ledger import Changes, Conflict, PickCommand, Reservation
+from stocksync.hub.rooms import RoomRecord
 
 __all__ = [
     "Applied",
@@ -158,6 +159,10 @@ class WriteTx(Protocol):
         """Save the hub's own clock, so reservation TTLs resume from it."""
         ...
 
+    def save_room(self, record: RoomRecord) -> None:
+        """Insert or replace a live room's record."""
+        ...
+
 
 class HubStore(Protocol):
     """The hub's durable state: watermarks, the applied-event log, on_hand."""
@@ -189,6 +194,10 @@ class HubStore(Protocol):
 
     def conflicts(self, open_only: bool = False, limit: int = 1000) -> list[Conflict]:
         """Recorded conflicts, newest first."""
+        ...
+
+    def rooms(self) -> list[RoomRecord]:
+        """Every live room's record, ended ones included."""
         ...
 
     def close(self) -> None:

@@ -138,6 +138,11 @@ class HubConfig:
     """How the hub runs (``stocksync-hub serve``)."""
 
     listen: str = _knob("127.0.0.1:50051", "HOST:PORT the gRPC server listens on.")
+    http: str = _knob(
+        "",
+        "HOST:PORT of the HTTP listener: rooms' Server-Sent Events and overlay pages "
+        "(and /metrics). Empty: no HTTP.",
+    )
     db: str = _knob("stocksync-hub.db", "Path of the hub's SQLite store.")
     insecure: bool = _knob(False, "Serve plaintext. Only when explicitly asked for.")
     tls_cert: str = _knob("", "The hub's server certificate (PEM).")
@@ -174,6 +179,8 @@ class HubConfig:
             ConfigError: naming the first bad field.
         """
         _check_listen("listen", self.listen)
+        if self.http:
+            _check_listen("http", self.http)
         _check_synchronous(self.synchronous)
         _check_range("max_batch_events", self.max_batch_events, 1, 50_000)
         _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)

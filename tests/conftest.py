@@ -50,6 +50,7 @@ class HubProcess:
 
     def __init__(self, db: Path, log: Path, port: int = 0, *extra: str) -> None:
         self.db, self.log, self.port, self.extra = db, log, port, extra
+        self.http_port = 0
         self.child: HubChild | None = None
 
     @property
@@ -59,6 +60,7 @@ class HubProcess:
     def start(self) -> HubProcess:
         self.child = HubChild(self.db, self.log, f"127.0.0.1:{self.port}", self.extra)
         self.port = self.child.wait_ready(30)
+        self.http_port = self.child.http_port
         return self
 
     def kill(self) -> None:

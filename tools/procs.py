@@ -176,6 +176,8 @@ class HubChild(Child):
         self.ready_file = log.with_suffix(".ready.json")
         self.ready_file.unlink(missing_ok=True)
         self.port = 0
+        self.http_port = 0
+        """The HTTP listener's port, when started with ``--http``."""
         super().__init__(
             "hub",
             [
@@ -210,6 +212,7 @@ class HubChild(Child):
         """Wait until the hub serves; returns its port."""
         info = wait_for(self.ready, timeout, "the hub to serve", poll=0.02)
         self.port = int(info["port"])
+        self.http_port = int(info.get("http_port") or 0)
         return self.port
 
     @property
