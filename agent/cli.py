@@ -320,6 +320,7 @@ def status(db: str, as_json: bool) -> None:
         ("local high seq", info["high_seq"]),
         ("hub watermark", info["hub_watermark"]),
         ("pending events", info["pending"]),
+        ("open picks", "-" if info["open_picks"] is None else info["open_picks"]),
         ("oldest pending", "-" if age is None else f"{age:.1f} s"),
         ("last error", error),
         ("oldest kept seq", "-" if info["oldest_seq"] is None else info["oldest_seq"]),
@@ -327,6 +328,38 @@ def status(db: str, as_json: bool) -> None:
     ]
     for label, value in lines:
         click.echo(f"{label:<16}{value}")
+
+
+@main.command()
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def picks(db: str, as_json: bool) -> None:
+    """List the pick commands received from the hub and not yet shipped.
+
+    Each is part of a paid reservation: pick QTY of SKU and record the
+    shipment with ``record ship SKU QTY --reservation ID``, which closes it.
+
+    Example:
+
+        stocksync-agent picks --db lax.db --json
+    """
+    with _store(db, read_only=True) as store:
+        try:
+            items = store.open_picks()
+        except StoreError as e:
+            if "no such table" not in str(e):
+                raise click.ClickException(str(e)) from None
+            items = []  # a store from before pick commands: none received yet
+    if as_json:
+        click.echo(json.dumps(items))
+        return
+    if not items:
+        click.echo("no open picks")
+        return
+    click.echo(f"{'RESERVATION':<42}{'SKU':<24}{'QTY':>6}  RECEIVED (UTC)")
+    for p in items:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(p["received_at_ms"] / 1000))
+        click.echo(f"{p['reservation_id']:<42}{p['sku']:<24}{p['qty']:>6}  {when}")
 
 
 @main.command()

@@ -420,16 +420,32 @@ class AgentLink:
                 log.info("hub asked for a snapshot: %s", msg.snapshot_request.reason)
                 session.on_snapshot_request(self._acked)
                 self._wake.set()
-            elif kind == "pick":
-                # Pick commands are acknowledged so the hub stops resending them;
-                # carrying them out is the WMS's job once reservations land.
-                log.info("pick command %s received", msg.pick.reservation_id)
-                await out.write(
-                    sync_pb2.SyncRequest(
-                        command_ack=sync_pb2.CommandAck(command_id=msg.pick.reservation_id)
-                    )
-                )
+            elif kind in ("pick", "cancel_pick"):
+                await self._take_command(out, msg)
             # pings from the hub need no answer: receiving them is the point.
+
+    async def _take_command(self, out: wire.SerialWriter, msg: Any) -> None:
+        """Keep a pick command (or its withdrawal) durably, then acknowledge it.
+
+        If it cannot be kept (a full disk), it is not acknowledged: the hub
+        sends it again on the next stream. The warehouse's WMS reads open
+        picks with ``stocksync-agent picks``.
+        """
+        if msg.WhichOneof("message") == "pick":
+            p = msg.pick
+            args: tuple[Any, ...] = (p.command_id, p.reservation_id, p.sku, p.quantity, "")
+            what = f"pick {p.quantity} {p.sku} for {p.reservation_id}"
+        else:
+            c = msg.cancel_pick
+            args = (c.command_id, c.reservation_id, c.sku, 0, c.cancels_command_id)
+            what = f"withdrawn: {c.cancels_command_id} ({c.sku} for {c.reservation_id})"
+        try:
+            await self._books.store_pick(*args)
+        except StoreError as e:
+            log.warning("cannot keep %s (%s); the hub will send it again", what, e)
+            return
+        log.info("%s", what)
+        await out.write(sync_pb2.SyncRequest(command_ack=sync_pb2.CommandAck(command_id=args[0])))
 
     async def _ping_loop(self, out: wire.SerialWriter, session: AgentSession) -> None:
         while True:
@@ -480,6 +496,16 @@ class _Bookkeeper:
     def dirty(self) -> None:
         """Something changed: write it at the next tick."""
         self._dirty.set()
+
+    async def store_pick(self, *args: Any) -> None:
+        """:meth:`AgentStore.store_pick` on the bookkeeping thread.
+
+        Raises:
+            StoreError: if it cannot be stored.
+        """
+        if self._store is None:
+            raise StoreError("the agent's store is not open yet")
+        await self._call(self._store.store_pick, *args)
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)

@@ -174,7 +174,25 @@ def _migrate_2(db: sqlite_utils.Database) -> None:
     db.execute(f"PRAGMA application_id = {AGENT_APPLICATION_ID}")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2]
+def _migrate_3(db: sqlite_utils.Database) -> None:
+    """Pick commands from the hub: what to pick and ship for paid reservations."""
+    db.table("picks").create(
+        {
+            "command_id": str,
+            "reservation_id": str,
+            "sku": str,
+            "qty": int,
+            "shipped": int,
+            "state": str,
+            "received_at_ms": int,
+        },
+        pk="command_id",
+        not_null={"reservation_id", "sku", "qty", "shipped", "state", "received_at_ms"},
+    )
+    db.execute("CREATE INDEX picks_open ON picks (reservation_id, sku) WHERE state = 'open'")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3]
 """Schema steps; ``PRAGMA user_version`` records how many have run."""
 
 
@@ -443,12 +461,75 @@ class AgentStore:
                     "ON CONFLICT(sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
                     (event.sku, delta),
                 )
+                if event.kind == Kind.SHIP and event.reservation_id:
+                    _close_picks(conn, event.reservation_id, event.sku, event.quantity)
                 seqs.append(high)
                 if on_progress is not None and i % 1000 == 0:
                     on_progress(i)
         if on_progress is not None:
             on_progress(len(seqs))
         return seqs
+
+    # -- pick commands -----------------------------------------------------
+
+    def store_pick(
+        self,
+        command_id: str,
+        reservation_id: str,
+        sku: str,
+        qty: int,
+        cancels: str = "",
+        now_ms: int | None = None,
+    ) -> None:
+        """Keep a pick command (or withdraw one, with ``cancels``) durably.
+
+        Idempotent by ``command_id``: the hub resends until acknowledged.
+        """
+        stamp = _now_ms() if now_ms is None else now_ms
+        with self.write() as conn:
+            if cancels:
+                conn.execute(
+                    "UPDATE picks SET state = 'cancelled' WHERE command_id = ? AND state = 'open'",
+                    (cancels,),
+                )
+                return
+            conn.execute(
+                "INSERT INTO picks (command_id, reservation_id, sku, qty, shipped, state, "
+                "received_at_ms) VALUES (?, ?, ?, ?, 0, 'open', ?) "
+                "ON CONFLICT(command_id) DO NOTHING",
+                (command_id, reservation_id, sku, qty, stamp),
+            )
+            # Shipped before the command arrived (the WMS was ahead): count it.
+            shipped = conn.execute(
+                "SELECT coalesce(sum(quantity), 0) FROM events WHERE kind = ? "
+                "AND reservation_id = ? AND sku = ?",
+                (int(Kind.SHIP), reservation_id, sku),
+            ).fetchone()[0]
+            taken = conn.execute(
+                "SELECT coalesce(sum(shipped), 0) FROM picks WHERE reservation_id = ? "
+                "AND sku = ? AND command_id != ?",
+                (reservation_id, sku, command_id),
+            ).fetchone()[0]
+            if shipped - taken > 0:
+                _close_picks(conn, reservation_id, sku, int(shipped - taken))
+
+    @_reads
+    def open_picks(self) -> list[dict[str, Any]]:
+        """Pick commands still to ship, oldest first."""
+        rows = self.conn.execute(
+            "SELECT command_id, reservation_id, sku, qty - shipped, received_at_ms FROM picks "
+            "WHERE state = 'open' ORDER BY received_at_ms, command_id"
+        ).fetchall()
+        return [
+            {
+                "command_id": c,
+                "reservation_id": r,
+                "sku": s,
+                "qty": q,
+                "received_at_ms": t,
+            }
+            for c, r, s, q, t in rows
+        ]
 
     @staticmethod
     def _delta(conn: sqlite3.Connection, event: NewEvent, high: int, pruned: int) -> int:
@@ -642,6 +723,34 @@ class AgentStore:
         return [] if problems == ["ok"] else problems
 
 
+def _open_pick_count(store: AgentStore) -> int | None:
+    try:
+        row = store.conn.execute("SELECT count(*) FROM picks WHERE state = 'open'").fetchone()
+    except sqlite3.OperationalError:  # a store from before pick commands, opened read-only
+        return None
+    return int(row[0])
+
+
+def _close_picks(conn: sqlite3.Connection, reservation_id: str, sku: str, units: int) -> None:
+    """A SHIP of ``units`` for the reservation: its open picks of ``sku`` are
+    done as far as the units go, oldest first."""
+    for command_id, left in conn.execute(
+        "SELECT command_id, qty - shipped FROM picks WHERE reservation_id = ? AND sku = ? "
+        "AND state = 'open' ORDER BY received_at_ms, command_id",
+        (reservation_id, sku),
+    ).fetchall():
+        if units <= 0:
+            return
+        take = min(units, int(left))
+        conn.execute(
+            "UPDATE picks SET shipped = shipped + ?, "
+            "state = CASE WHEN shipped + ? >= qty THEN 'shipped' ELSE 'open' END "
+            "WHERE command_id = ?",
+            (take, take, command_id),
+        )
+        units -= take
+
+
 def status_info(store: AgentStore) -> dict[str, Any]:
     """What ``stocksync-agent status --json`` prints about ``store``."""
     daemon = store.daemon_state()
@@ -656,6 +765,7 @@ def status_info(store: AgentStore) -> dict[str, Any]:
         "high_seq": backlog.high_seq,
         "hub_watermark": backlog.acked_seq,
         "pending": backlog.pending,
+        "open_picks": _open_pick_count(store),
         "oldest_pending_age_s": backlog.oldest_pending_age_s,
         "last_error": daemon.last_error or None,
         "last_error_unix_ms": daemon.last_error_unix_ms or None,

@@ -371,15 +371,22 @@ def test_an_older_store_gets_its_application_id_when_opened_for_writing(tmp_path
     new_store(db, some_events(4))
     with contextlib.closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA application_id = 0")
-        conn.execute("PRAGMA user_version = 1")  # as a store made before it was set
+        conn.execute("DROP TABLE picks")
+        conn.execute("PRAGMA user_version = 1")  # as a store made before either existed
     before = dump(db)
     with AgentStore(db, read_only=True) as store:
         assert store.high_seq() == 4
+    picks = agent("picks", "--db", str(db), "--json")
+    assert (picks.returncode, picks.stdout.strip()) == (0, "[]"), picks.stderr
     assert application_id(db) == 0, "reading changes nothing"
+    assert dump(db) == before
     with AgentStore(db) as store:
         assert store.high_seq() == 4
+        assert store.open_picks() == []
     assert application_id(db) == AGENT_ID
-    assert dump(db) == before
+    after = dump(db)
+    assert after.pop("picks") == []
+    assert after == before
 
 
 def hub_store(path: Path) -> None:

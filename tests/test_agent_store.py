@@ -487,3 +487,44 @@ def test_csv_line_numbers_count_lines_inside_quoted_fields() -> None:
     lines = ['A,adjust,-1,"broken\n', 'seal"\n', "B,receive,x\n"]
     with pytest.raises(InvalidEvent, match="line 3"):
         list(parse_events_csv(lines))
+
+
+# -- pick commands -------------------------------------------------------------
+
+
+def test_a_pick_is_kept_once_and_closed_by_the_ships_that_name_its_reservation(
+    store: AgentStore,
+) -> None:
+    store.claim("WH-LAX")
+    store.record(receive("LIP", 10))
+    store.store_pick("cmd-1", "R-1", "LIP", 4, now_ms=1000)
+    store.store_pick("cmd-1", "R-1", "LIP", 4, now_ms=2000)  # the hub resent it
+    store.store_pick("cmd-2", "R-2", "LIP", 3, now_ms=1500)
+    assert [(p["command_id"], p["qty"]) for p in store.open_picks()] == [
+        ("cmd-1", 4),
+        ("cmd-2", 3),
+    ]
+    store.record(ship("LIP", 1))  # a walk-in order: no reservation, closes nothing
+    store.record(ship("LIP", 3, reservation_id="R-1"))
+    assert [(p["command_id"], p["qty"]) for p in store.open_picks()] == [
+        ("cmd-1", 1),
+        ("cmd-2", 3),
+    ]
+    store.record(ship("LIP", 1, reservation_id="R-1"))
+    assert [p["command_id"] for p in store.open_picks()] == ["cmd-2"]
+    assert store.on_hand("LIP") == {"LIP": 5}
+
+
+def test_a_ship_recorded_before_its_pick_arrived_counts_and_a_cancel_withdraws(
+    store: AgentStore,
+) -> None:
+    store.claim("WH-LAX")
+    store.record(receive("LIP", 10))
+    store.record(ship("LIP", 2, reservation_id="R-1"))  # the WMS was ahead of the hub
+    store.store_pick("cmd-1", "R-1", "LIP", 5)
+    assert [p["qty"] for p in store.open_picks()] == [3]
+    store.store_pick("cmd-9", "", "", 0, cancels="cmd-1")
+    assert store.open_picks() == []
+    store.store_pick("cmd-9", "", "", 0, cancels="cmd-1")  # resent withdrawal: no change
+    store.store_pick("cmd-1", "R-1", "LIP", 5)  # a late resend of the pick: stays withdrawn
+    assert store.open_picks() == []
