@@ -57,7 +57,9 @@ def assert_clean_finish(out: str, err: str, keep: Path) -> None:
 
 def test_demo_runs_for_a_duration_and_every_warehouse_matches(tmp_path: Path) -> None:
     keep = tmp_path / "demo"
-    result = run_cli(HUB, "demo", "--duration", "6", "--seed", "1", "--keep", str(keep))
+    result = run_cli(
+        HUB, "demo", "--duration", "6", "--seed", "1", "--keep", str(keep), "--switch", "2"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "Ctrl-C" in out and str(keep) in out  # the header says how to stop and where
@@ -65,6 +67,20 @@ def test_demo_runs_for_a_duration_and_every_warehouse_matches(tmp_path: Path) ->
     for sku in catalogue(8):
         assert sku in out
     assert_clean_finish(out, result.stderr, keep)
+    # Buyers reserved and paid in two rooms; the warehouses shipped their picks.
+    for room in ("live-a", "live-b"):
+        overlay = rf"room {room} overlay .*http://127\.0\.0\.1:\d+/rooms/{room}/overlay"
+        assert re.search(overlay, out), out
+        changes = re.search(rf"room {room}: the host changed products (\d+) times", out)
+        assert changes and int(changes[1]) >= 1, out
+    shop = re.search(r"shop: (\d+) buyers .*: (\d+) reserved .*; (\d+) paid", out)
+    assert shop and int(shop[2]) > 0 and int(shop[3]) > 0, out
+    settled = re.search(r"shipped: (\d+) paid orders", out)
+    assert settled and int(settled[1]) > 0, out
+    assert "oversold: 0 units" in out
+    # The hub's own check agrees with the summary.
+    checked = run_cli(HUB, "check", "--db", str(keep / "hub.db"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -187,6 +203,7 @@ def test_catalogue_names_realistic_valid_skus() -> None:
 def test_render_stock_shows_hub_figures_totals_and_lag() -> None:
     view = HubView(
         stock={"LIP-RED-01": {"WH-LAX": 5, "WH-FRA": 7}, "SERUM-30ML": {"WH-LAX": 2}},
+        sellable={"LIP-RED-01": 9, "SERUM-30ML": 2},
         warehouses={
             "WH-LAX": inventory_pb2.WarehouseStatus(
                 warehouse="WH-LAX", connected=True, watermark=40
@@ -205,9 +222,9 @@ def test_render_stock_shows_hub_figures_totals_and_lag() -> None:
         {"WH-LAX": "running", "WH-FRA": "running", "WH-CGK": "running"},
     )
     text = "\n".join(lines)
-    assert re.search(r"^LIP-RED-01\s+5\s+7\s+-\s+12$", text, re.MULTILINE), text
-    assert re.search(r"^SERUM-30ML\s+2\s+0\s+-\s+2$", text, re.MULTILINE), text
-    assert re.search(r"^all SKUs\s+7\s+7\s+-\s+14$", text, re.MULTILINE), text
+    assert re.search(r"^LIP-RED-01\s+5\s+7\s+-\s+12\s+9$", text, re.MULTILINE), text
+    assert re.search(r"^SERUM-30ML\s+2\s+0\s+-\s+2\s+2$", text, re.MULTILINE), text
+    assert re.search(r"^all SKUs\s+7\s+7\s+-\s+14\s+11$", text, re.MULTILINE), text
     assert re.search(r"^WH-LAX\s+running\s+up\s+42\s+40\s+2\s+20\.0$", text, re.MULTILINE), text
     assert re.search(r"^WH-FRA\s+running\s+down\s+10\s+10\s+0", text, re.MULTILINE), text
     assert re.search(r"^WH-CGK\s+running\s+\S+\s+3\s+-\s+-", text, re.MULTILINE), text

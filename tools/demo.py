@@ -39,6 +39,7 @@ from stocksync.errors import StocksyncError
 from stocksync.events import Kind, NewEvent
 from stocksync.hub.inventory_service import MAX_QUERY_SKUS
 from stocksync.hub.server import Hub
+from stocksync.tools.demo_shop import ROOMS, Host, Shop
 from stocksync.tools.procs import AgentChild
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
 
@@ -76,6 +77,10 @@ CATALOGUE = (
     "BLUSH-PCH-02",
 )
 """A live-commerce catalogue: beauty, fashion and gadgets."""
+
+PICK_SHARE = 0.5
+"""While the hub has pick commands waiting at a warehouse, the share of its
+events that ship one (the rest are its other traffic)."""
 
 # The traffic mix, per recorded event (a pick is by far the most frequent).
 MIX: tuple[tuple[str, float], ...] = (
@@ -151,6 +156,8 @@ class WarehouseSim:
         self.start_seq = self.high_seq
         self.recorded = 0
         self.kinds: Counter[str] = Counter()
+        self.reserved: dict[str, int] = {}
+        """Units of each SKU the hub asked this warehouse to pick, not yet shipped."""
         self.error: str | None = None
         self._flash: tuple[str, int] | None = None
 
@@ -189,21 +196,38 @@ class WarehouseSim:
     def next_event(self) -> tuple[str, NewEvent]:
         """Decide the next event from the traffic mix; returns (label, event).
 
-        The label is one of ``receive``, ``ship``, ``damage``, ``found`` or
-        ``count``.
+        The label is one of ``pick`` (a pick command from the hub, shipped
+        with its reservation id), ``receive``, ``ship`` (walk-in orders),
+        ``damage``, ``found`` or ``count``. Units the hub asked to be picked
+        are set aside: the other traffic never takes them.
         """
         rng = self.rng
+        picks = self.store.open_picks()
+        self.reserved = {}
+        for p in picks:
+            self.reserved[p["sku"]] = self.reserved.get(p["sku"], 0) + int(p["qty"])
+        if picks and rng.random() < PICK_SHARE:
+            pick = picks[0]
+            have = self.on_hand.get(pick["sku"], 0)
+            if have > 0:
+                return "pick", NewEvent(
+                    sku=pick["sku"],
+                    kind=Kind.SHIP,
+                    quantity=min(int(pick["qty"]), have),
+                    reservation_id=pick["reservation_id"],
+                )
+            return "receive", self._receipt(pick["sku"])  # restock to fill the order
         label = rng.choices([m[0] for m in MIX], weights=[m[1] for m in MIX])[0]
         if label == "receive":
             # Replenish the SKU with the least cover for its demand.
             sku = min(self.skus, key=lambda s: self.on_hand.get(s, 0) / self._weight(s))
             return "receive", self._receipt(sku)
         sku = self._pick_sku()
-        have = self.on_hand.get(sku, 0)
+        have = self.on_hand.get(sku, 0) - self.reserved.get(sku, 0)
         if label == "found":
             return "found", NewEvent(sku=sku, kind=Kind.ADJUST, quantity=1, reason="found")
         if label == "count":
-            return "count", self._count(sku, have)
+            return "count", self._count(sku, self.on_hand.get(sku, 0))
         if have <= 0:
             return "receive", self._receipt(sku)  # nothing to pick: restock first
         if label == "damage":
@@ -240,8 +264,10 @@ class WarehouseSim:
         if back and rng.random() < COUNT_BACKDATED:
             as_of = self.high_seq - rng.randint(1, back)
             base = dict(self.store.snapshot(as_of)).get(sku, 0)
-        # Never make the books negative: the moves since as_of survive the count.
-        counted = max(0, base - have, base + rng.choice(COUNT_DRIFT))
+        # Never make the books negative, nor lose units set aside for picks:
+        # the moves since as_of survive the count.
+        floor = base - have + self.reserved.get(sku, 0)
+        counted = max(0, floor, base + rng.choice(COUNT_DRIFT))
         return NewEvent(
             sku=sku, kind=Kind.COUNT, quantity=counted, reason="cycle count", as_of_seq=as_of
         )
@@ -253,6 +279,8 @@ class HubView:
 
     stock: dict[str, dict[str, int]] = field(default_factory=dict)
     """on_hand per SKU, per warehouse (warehouses with a row only)."""
+    sellable: dict[str, int] = field(default_factory=dict)
+    """What the hub would sell now, per SKU."""
     warehouses: dict[str, inventory_pb2.WarehouseStatus] = field(default_factory=dict)
 
 
@@ -305,7 +333,11 @@ def render_stock(
     """
     sku_w = max(12, *(len(s) for s in skus))
     col_w = max(8, *(len(w) + 2 for w in warehouses))
-    lines = [f"{'SKU':<{sku_w}}" + "".join(f"{w:>{col_w}}" for w in warehouses) + f"{'TOTAL':>9}"]
+    lines = [
+        f"{'SKU':<{sku_w}}"
+        + "".join(f"{w:>{col_w}}" for w in warehouses)
+        + f"{'TOTAL':>9}{'SELLABLE':>10}"
+    ]
     known = set(view.warehouses) if view else set()
     totals: dict[str, int] = dict.fromkeys(warehouses, 0)
     for sku in skus:
@@ -316,11 +348,17 @@ def render_stock(
             totals[w] += q or 0
             cells.append(_fmt_int(q, col_w))
         total = sum(row.values()) if view else None
-        lines.append(f"{sku:<{sku_w}}" + "".join(cells) + _fmt_int(total, 9))
+        sellable = view.sellable.get(sku) if view else None
+        lines.append(
+            f"{sku:<{sku_w}}" + "".join(cells) + _fmt_int(total, 9) + _fmt_int(sellable, 10)
+        )
     lines.append(
         f"{'all SKUs':<{sku_w}}"
         + "".join(_fmt_int(totals[w] if w in known else None, col_w) for w in warehouses)
         + _fmt_int(sum(totals.values()) if view else None, 9)
+        + _fmt_int(
+            sum(view.sellable.get(s, 0) for s in skus) if view and view.sellable else None, 10
+        )
     )
     lines.append("")
     lines.append(
@@ -354,8 +392,16 @@ class _Demo:
         skus: list[str],
         duration: float | None,
         out: IO[str],
+        buyers: float = 3.0,
+        switch_s: float = 120.0,
+        http_port: int = 0,
     ) -> None:
         self.root = root
+        self.buyers = buyers
+        self.switch_s = switch_s
+        self.http_port = http_port
+        self.host: Host | None = None
+        self.shop: Shop | None = None
         self.keep = keep
         self.port = port
         self.rate = rate
@@ -388,11 +434,18 @@ class _Demo:
             else f"stops after {self.duration:g} s (Ctrl-C works too)."
         )
         where = str(self.root) if self.keep else f"{self.root} (deleted on exit; --keep DIR)"
-        return [
+        lines = [
             f"stocksync demo: hub 127.0.0.1:{self.port}, {', '.join(WAREHOUSES)}, "
-            f"~{self.rate:g} events/s each, seed {self.seed}. {stop}",
+            f"~{self.rate:g} events/s each, ~{self.buyers:g} buyers/s, seed {self.seed}. {stop}",
             f"stores and logs: {where}",
         ]
+        for room in ROOMS:
+            featured = ", ".join(self.host.now.get(room, [])) if self.host else ""
+            lines.append(
+                f"room {room} overlay (OBS browser source): "
+                f"http://127.0.0.1:{self.http_port}/rooms/{room}/overlay   [{featured}]"
+            )
+        return lines
 
     # -- hub -------------------------------------------------------------------
 
@@ -409,6 +462,7 @@ class _Demo:
                 )
                 for s in reply.skus:
                     view.stock[s.sku] = {w.warehouse: w.on_hand for w in s.warehouses}
+                    view.sellable[s.sku] = s.sellable
             listing = await self.stub.ListWarehouses(
                 inventory_pb2.ListWarehousesRequest(), timeout=RPC_TIMEOUT_S
             )
@@ -420,7 +474,10 @@ class _Demo:
 
     async def start_hub(self) -> None:
         config = HubConfig(
-            listen=f"127.0.0.1:{self.port}", db=str(self.root / "hub.db"), insecure=True
+            listen=f"127.0.0.1:{self.port}",
+            http=f"127.0.0.1:{self.http_port}",
+            db=str(self.root / "hub.db"),
+            insecure=True,
         ).validate()
         try:
             self.hub = Hub(config)
@@ -430,6 +487,7 @@ class _Demo:
             self.port = await self.hub.start()
         except RuntimeError as e:
             raise click.ClickException(f"cannot start the hub: {e}") from None
+        self.http_port = self.hub.http_port
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = inventory_pb2_grpc.InventoryServiceStub(self.channel)
 
@@ -583,6 +641,12 @@ class _Demo:
             self.open_stores()
             await self.seed_stock()
             await self.start_agents()
+            assert self.channel is not None
+            self.host = Host(self.channel, self.skus, self.switch_s)
+            await self.host.feature()
+            self.shop = Shop(
+                self.channel, self.host, self.buyers, random.Random(f"{self.seed}:shop")
+            )
             self.traffic_started = time.monotonic()
             if self.duration is not None:
                 asyncio.get_running_loop().call_later(self.duration, stop.set)
@@ -590,6 +654,8 @@ class _Demo:
             tasks = [
                 asyncio.ensure_future(self.traffic(s, traffic_stop)) for s in self.sims.values()
             ]
+            tasks.append(asyncio.ensure_future(self.shop.run(traffic_stop)))
+            tasks.append(asyncio.ensure_future(self.host.run(traffic_stop)))
             display = asyncio.ensure_future(self.display(stop))
             try:
                 await stop.wait()
@@ -601,8 +667,9 @@ class _Demo:
                 self.echo()
             self.echo("stopping: traffic stopped; waiting for the agents to catch up")
             await self.catch_up(hurry)
+            shop = await self.shop_summary()
             await self.stop_agents()
-            return await self.summary()
+            return await self.summary() and shop
         finally:
             await self.stop_agents()
             await self.stop_hub()
@@ -639,6 +706,42 @@ class _Demo:
                 behind[w] = f"{w} ({sim.high_seq - status.watermark} events behind)"
         return behind
 
+    async def shop_summary(self) -> bool:
+        """What the buyers did and how their reservations stand; returns
+        whether nothing was oversold."""
+        assert self.shop is not None and self.stub is not None
+        tally = self.shop.tally
+        outcome = await self.shop.outcome()
+        try:
+            open_conflicts = await self.stub.ListConflicts(
+                inventory_pb2.ListConflictsRequest(open_only=True), timeout=RPC_TIMEOUT_S
+            )
+            oversold = int(sum(c.units for c in open_conflicts.conflicts if c.kind == "oversold"))
+        except grpc.aio.AioRpcError as e:
+            self.echo(f"cannot list conflicts: {e.details()}")
+            return False
+        self.echo()
+        self.echo(
+            f"shop: {tally.asked} buyers tapped Buy in {', '.join(ROOMS)}: "
+            f"{tally.granted} reserved ({tally.units} units), {tally.sold_out} refused (sold out); "
+            f"{tally.paid} paid (committed), {tally.cancelled} cancelled, "
+            f"{tally.walked_away} walked away"
+        )
+        shown = ", ".join(f"{k.lower()} {v}" for k, v in sorted(outcome.items()))
+        self.echo(f"reservations now: {shown or 'none'}")
+        self.echo(f"shipped: {outcome.get('SETTLED', 0)} paid orders picked, shipped and settled")
+        if self.host is not None:
+            for room in ROOMS:
+                now = ", ".join(self.host.now.get(room, []))
+                self.echo(
+                    f"room {room}: the host changed products {self.host.turn} times; "
+                    f"featuring {now}"
+                )
+        self.echo(f"oversold: {oversold} units")
+        if tally.errors:
+            self.echo(f"errors from the hub: {dict(tally.errors)}")
+        return oversold == 0
+
     async def summary(self) -> bool:
         """Compare each agent store's stock table with the hub and print the result."""
         agent_stock = {w: sim.store.on_hand() for w, sim in self.sims.items()}
@@ -647,7 +750,8 @@ class _Demo:
         self.echo()
         self.echo(f"summary after {self.traffic_s:.1f} s of traffic (seed {self.seed}):")
         self.echo(
-            f"{'WAREHOUSE':<11}{'EVENTS':>8}{'RECEIVE':>9}{'SHIP':>7}{'DAMAGE':>8}{'FOUND':>7}"
+            f"{'WAREHOUSE':<11}{'EVENTS':>8}{'RECEIVE':>9}{'PICK':>6}{'SHIP':>7}{'DAMAGE':>8}"
+            f"{'FOUND':>7}"
             f"{'COUNT':>7}{'HIGH SEQ':>10}{'HUB WM':>8}  HUB ON_HAND = AGENT STORE"
         )
         all_match = True
@@ -665,7 +769,7 @@ class _Demo:
             all_match &= match
             k = sim.kinds
             self.echo(
-                f"{w:<11}{sim.recorded:>8}{k['receive']:>9}{k['ship']:>7}{k['damage']:>8}"
+                f"{w:<11}{sim.recorded:>8}{k['receive']:>9}{k['pick']:>6}{k['ship']:>7}{k['damage']:>8}"
                 f"{k['found']:>7}{k['count']:>7}{sim.high_seq:>10}{_fmt_int(wm, 8)}  "
                 f"{'yes' if match else 'no'}"
             )
@@ -757,16 +861,52 @@ def _run_until_stopped(main: Callable[[asyncio.Event, asyncio.Event], Awaitable[
     metavar="N",
     help="How many SKUs of the demo catalogue to stock.",
 )
+@click.option(
+    "--buyers",
+    type=click.FloatRange(min=0, max=500, min_open=True),
+    default=3.0,
+    show_default=True,
+    metavar="PER_S",
+    help="Buyers tapping Buy in the live rooms per second (on average).",
+)
+@click.option(
+    "--switch",
+    "switch_s",
+    type=click.FloatRange(min=1),
+    default=120.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="The hosts feature other products this often.",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Port of the hub's HTTP listener (rooms' overlays) on 127.0.0.1 (0: any).",
+)
 def demo(
-    duration: float | None, port: int, rate: float, seed: int | None, keep: Path | None, skus: int
+    duration: float | None,
+    port: int,
+    rate: float,
+    seed: int | None,
+    keep: Path | None,
+    skus: int,
+    buyers: float,
+    switch_s: float,
+    http_port: int,
 ) -> None:
-    """Run a hub and three simulated warehouses with live traffic.
+    """Run a hub, three simulated warehouses and two live rooms with buyers.
 
     The hub runs in this process; WH-LAX, WH-FRA and WH-CGK are real agents
     ("stocksync-agent run") on their own SQLite stores, fed with receipts,
-    picks, damage and cycle counts. The hub's on_hand is shown live. On
-    Ctrl-C the agents catch up and stop, and the demo checks that the hub's
-    on_hand equals every agent's store (exit 1 if one differs).
+    walk-in orders, damage and cycle counts. Two live rooms feature
+    overlapping products (their overlay URLs are printed: open them in a
+    browser or OBS); buyers reserve in them, most pay, and the warehouses
+    pick and ship what the hub tells them to. The hub's stock is shown live.
+    On Ctrl-C the agents catch up and stop; the demo prints what the shop
+    did and checks that nothing was oversold and that the hub's on_hand
+    equals every agent's store (exit 1 otherwise).
 
     Example:
 
@@ -784,7 +924,19 @@ def demo(
     root_logger = logging.getLogger()
     root_logger.addHandler(handler)
     root_logger.setLevel(logging.INFO)
-    run = _Demo(root, keep is not None, port, rate, seed, catalogue(skus), duration, sys.stdout)
+    run = _Demo(
+        root,
+        keep is not None,
+        port,
+        rate,
+        seed,
+        catalogue(skus),
+        duration,
+        sys.stdout,
+        buyers=buyers,
+        switch_s=switch_s,
+        http_port=http_port,
+    )
     try:
         all_match = _run_until_stopped(run.run)
     finally:
@@ -793,4 +945,6 @@ def demo(
         if keep is None:
             shutil.rmtree(root, ignore_errors=True)
     if not all_match:
-        raise click.ClickException("the hub's on_hand differs from an agent's store")
+        raise click.ClickException(
+            "the hub's on_hand differs from an agent's store, or units were oversold"
+        )
