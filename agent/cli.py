@@ -218,7 +218,8 @@ def import_(csv_file: str, db: str) -> None:
 @click.option("--hub", default=None, help="The hub's HOST:PORT [127.0.0.1:50051].")
 @click.option("--db", default=None, help="The agent's SQLite store [stocksync-agent.db].")
 @click.option("--insecure", is_flag=True, default=None, help="Plaintext to the hub.")
-@click.option("--tls-cert", default=None, help="Client certificate (PEM), CN = warehouse id.")
+@click.option("--tls", default=None, metavar="DIR", help="Directory of cert.pem, key.pem, ca.pem.")
+@click.option("--tls-cert", default=None, help="Client certificate (PEM) naming the warehouse.")
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
 @click.option("--tls-ca", default=None, help="CA (PEM) that signed the hub's certificate.")
 @config_option
@@ -226,8 +227,9 @@ def import_(csv_file: str, db: str) -> None:
 def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
     """Stream recorded events to the hub, reconnecting forever.
 
-    Stops cleanly on SIGTERM or Ctrl-C. Mutual TLS by default (--tls-cert,
-    --tls-key, --tls-ca); plaintext only with --insecure. Settings: flags >
+    Stops cleanly on SIGTERM or Ctrl-C. Mutual TLS by default (--tls DIR as
+    `stocksync-hub certs issue-agent` writes it, or --tls-cert, --tls-key,
+    --tls-ca); plaintext only with --insecure. Settings: flags >
     STOCKSYNC_AGENT_* environment > --config TOML > defaults.
 
     One daemon per store: a second one refuses to start, naming the first

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from stocksync.auth import TokenFileError
 from stocksync.cli_common import (
     LazyGroup,
     config_option,
@@ -21,6 +22,7 @@ from stocksync.cli_common import (
 )
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
+from stocksync.hub.certs_cli import certs, tokens
 from stocksync.hub.check import check_store
 from stocksync.hub.cli_client import client_options, json_option, query
 from stocksync.hub.cli_reservations import COMMANDS
@@ -54,9 +56,12 @@ def main() -> None:
 @click.option("--listen", default=None, help="HOST:PORT to serve on [127.0.0.1:50051].")
 @click.option("--http", default=None, help="HOST:PORT for rooms' SSE, overlays, /metrics.")
 @click.option("--insecure", is_flag=True, default=None, help="Serve plaintext.")
+@click.option("--tls", default=None, metavar="DIR", help="Directory of cert.pem, key.pem, ca.pem.")
 @click.option("--tls-cert", default=None, help="Server certificate (PEM).")
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
 @click.option("--tls-ca", default=None, help="CA (PEM) that signs agents' client certificates.")
+@click.option("--token-listen", default=None, help="HOST:PORT for bearer-token callers (TLS).")
+@click.option("--tokens-file", default=None, help="TOML of accepted tokens (hashes).")
 @config_option
 @click.option(
     "--ready-file",
@@ -68,10 +73,11 @@ def main() -> None:
 def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flags: Any) -> None:
     """Serve agent streams and queries until SIGTERM or Ctrl-C.
 
-    Mutual TLS by default (--tls-cert, --tls-key, --tls-ca: every agent
-    presents a certificate naming its warehouse); plaintext only with
-    --insecure. Settings: flags > STOCKSYNC_HUB_* environment > --config TOML
-    > defaults.
+    Mutual TLS by default (--tls DIR, or --tls-cert, --tls-key, --tls-ca:
+    every agent presents a certificate naming its warehouse; renewed files
+    are served without a restart); plaintext only with --insecure. Callers
+    with a bearer token and no certificate use --token-listen. Settings:
+    flags > STOCKSYNC_HUB_* environment > --config TOML > defaults.
 
     Example:
 
@@ -87,6 +93,8 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
         hub = Hub(config)
     except StocksyncError as e:  # an unreadable or foreign database file
         raise click.ClickException(f"cannot open hub store {config.db}: {e}") from None
+    except TokenFileError as e:
+        raise click.ClickException(str(e)) from None
 
     async def main_(stop: asyncio.Event) -> None:
         try:
@@ -95,11 +103,17 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
             await hub.stop()
             raise click.ClickException(str(e)) from None
         click.echo(f"stocksync hub serving on port {hub.port}", err=True)
+        if hub.token_port:
+            click.echo(f"stocksync hub token callers on port {hub.token_port}", err=True)
         if hub.http_port:
             click.echo(f"stocksync hub HTTP (rooms, overlays) on port {hub.http_port}", err=True)
         if ready_file:
             write_ready_file(
-                ready_file, port=hub.port, listen=config.listen, http_port=hub.http_port
+                ready_file,
+                port=hub.port,
+                listen=config.listen,
+                http_port=hub.http_port,
+                token_port=hub.token_port,
             )
         await stop.wait()
         click.echo("stocksync hub stopping: agents are told, queued writes finish", err=True)
@@ -270,6 +284,8 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
 for _command in COMMANDS:
     main.add_command(_command)
 main.add_command(rooms)
+main.add_command(certs)
+main.add_command(tokens)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -13,6 +13,10 @@ Every route is listed in :func:`make_app`; for now, live rooms for browsers
 - ``GET /rooms/{room}/overlay`` — the overlay page (``static/overlay.html``)
   a host adds to OBS Studio as a browser source.
 
+Each route asks :func:`stocksync.hub.http_auth.authorize` for the scope it
+needs (both room routes: ``rooms:watch`` for the room, by a token in the
+``Authorization`` header or ``?token=``).
+
 Every rule lives in :mod:`stocksync.hub.rooms`; a refusal maps to its HTTP
 status by one table (:data:`HTTP_STATUS`) from the error's status.
 """
@@ -27,7 +31,9 @@ from importlib import resources
 
 from aiohttp import web
 
+from stocksync.auth import ROOMS_WATCH
 from stocksync.errors import Status, StocksyncError
+from stocksync.hub.http_auth import HTTP_AUTH, HttpAuth, authorize, hold_stream
 from stocksync.hub.rooms import (
     Position,
     RoomEvent,
@@ -59,6 +65,7 @@ RECONNECT_MS = 1000
 
 HTTP_STATUS = {
     Status.INVALID_ARGUMENT: 400,
+    Status.UNAUTHENTICATED: 401,
     Status.PERMISSION_DENIED: 403,
     Status.NOT_FOUND: 404,
     Status.FAILED_PRECONDITION: 409,
@@ -86,15 +93,19 @@ class _Live:
 _LIVE = web.AppKey("live", _Live)
 
 
-def make_app(rooms: RoomHub, heartbeat_s: float = HEARTBEAT_S) -> web.Application:
+def make_app(
+    rooms: RoomHub, heartbeat_s: float = HEARTBEAT_S, auth: HttpAuth | None = None
+) -> web.Application:
     """The hub's HTTP application.
 
     Args:
         rooms: the hub's rooms.
         heartbeat_s: see :data:`HEARTBEAT_S`.
+        auth: who may call; None: everyone (a hub serving plaintext).
     """
     app = web.Application()
     app[ROOMS] = rooms
+    app[HTTP_AUTH] = auth or HttpAuth.without_authentication()
     overlay = resources.files("stocksync.hub").joinpath("static/overlay.html").read_bytes()
     app[_LIVE] = _Live(heartbeat_s, overlay)
     app.on_shutdown.append(_close_streams)
@@ -171,8 +182,20 @@ async def room_events(request: web.Request) -> web.StreamResponse:
     rooms = request.app[ROOMS]
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
     try:
+        room = validate_room_id(request.match_info["room"])
+        identity = authorize(request, ROOMS_WATCH, room)
         start = Position.parse(last, "Last-Event-ID") if last else None
-        watcher = rooms.subscribe(request.match_info["room"], start)
+    except StocksyncError as e:
+        return _refusal(e)
+    with hold_stream(request, identity):
+        return await _stream_room(request, rooms, room, start)
+
+
+async def _stream_room(
+    request: web.Request, rooms: RoomHub, room: str, start: Position | None
+) -> web.StreamResponse:
+    try:
+        watcher = rooms.subscribe(room, start)
     except StocksyncError as e:
         return _refusal(e)
     response = web.StreamResponse(
@@ -215,7 +238,7 @@ async def room_overlay(request: web.Request) -> web.Response:
     """``GET /rooms/{room}/overlay``: the overlay page (it reads the room
     from its own URL, so it loads before the room starts)."""
     try:
-        validate_room_id(request.match_info["room"])
+        authorize(request, ROOMS_WATCH, validate_room_id(request.match_info["room"]))
     except StocksyncError as e:
         return _refusal(e)
     return web.Response(

@@ -29,6 +29,7 @@ from stocksync.events import EventRow
 from stocksync.hub.clock import HubClock
 from stocksync.hub.ledger import (
     DEFAULT_TTL_MS,
+    MAX_LINES,
     Changes,
     Conflict,
     ConflictKind,
@@ -73,6 +74,7 @@ class Inventory:
         policy: the staleness policy.
         allocator: which warehouses ship a committed line (default: most available).
         default_ttl_ms: how long a held reservation lasts when Reserve gives no ttl.
+        max_lines: most lines in one reservation (``max_reservation_lines``).
     """
 
     def __init__(
@@ -84,15 +86,17 @@ class Inventory:
         policy: StalenessPolicy | None = None,
         allocator: Allocator | None = None,
         default_ttl_ms: int = DEFAULT_TTL_MS,
+        max_lines: int = MAX_LINES,
     ) -> None:
         self.store = store
+        self.max_lines = max_lines
         self.writer = writer
         self.reads = reads
         self.clock = clock or HubClock()
         self.policy = policy or StalenessPolicy()
         self.allocator = allocator
         self.default_ttl_ms = default_ttl_ms
-        self.ledger = Ledger(StockBook(self.policy), _ids(), allocator, default_ttl_ms)
+        self.ledger = Ledger(StockBook(self.policy), _ids(), allocator, default_ttl_ms, max_lines)
         self.stock_listeners: list[StockListener] = []
         self.pick_listeners: dict[str, PickListener] = {}
         self._current: dict[str, int] = {}
@@ -158,7 +162,7 @@ class Inventory:
                         open_units = line.open_at(warehouse)
                         if open_units > 0:
                             book.add_committed(warehouse, line.sku, open_units)
-        ledger = Ledger(book, _ids(), self.allocator, self.default_ttl_ms)
+        ledger = Ledger(book, _ids(), self.allocator, self.default_ttl_ms, self.max_lines)
         ledger.restore(state.reservations, state.picks, state.conflicts, state.next_conflict_id)
         self.ledger = ledger
         self._current = {w: s.source_id for w, s in sources.items()}

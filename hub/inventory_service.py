@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 MAX_QUERY_SKUS = 1000
-"""Most SKUs one GetStock may ask for."""
+"""Most SKUs one GetStock may ask for, by default (``max_query_skus``)."""
 MAX_CONFLICTS = 10_000
 """Most conflicts one ListConflicts returns."""
 
@@ -56,17 +56,18 @@ _STATUS = {
 }
 
 
-def check_skus(skus: list[str]) -> list[str]:
-    """The SKUs of a query, each well-formed, at least one and at most
-    :data:`MAX_QUERY_SKUS`.
+def check_skus(skus: list[str], limit: int = MAX_QUERY_SKUS) -> list[str]:
+    """The SKUs of a query, each well-formed, at least one and at most ``limit``.
 
     Raises:
         InvalidEvent: naming the first problem.
     """
     if not skus:
         raise InvalidEvent("name at least one SKU")
-    if len(skus) > MAX_QUERY_SKUS:
-        raise InvalidEvent(f"at most {MAX_QUERY_SKUS} SKUs per request, got {len(skus)}")
+    if len(skus) > limit:
+        raise InvalidEvent(
+            f"skus: at most {limit} SKUs per request, got {len(skus)} (max_query_skus)"
+        )
     for sku in skus:
         validate_sku(sku)
     return skus
@@ -151,11 +152,18 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         reads: the executor store reads run on.
         streams: the live agent streams.
         inventory: the hub's stock decisions.
+        max_query_skus: most SKUs one GetStock may name.
     """
 
     def __init__(
-        self, store: HubStore, reads: Executor, streams: StreamRegistry, inventory: Inventory
+        self,
+        store: HubStore,
+        reads: Executor,
+        streams: StreamRegistry,
+        inventory: Inventory,
+        max_query_skus: int = MAX_QUERY_SKUS,
     ) -> None:
+        self.max_query_skus = max_query_skus
         self.store = store
         self.reads = reads
         self.streams = streams
@@ -175,7 +183,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.GetStockResponse:
         """Sellable and the per-warehouse breakdown of each SKU."""
-        skus = check_skus(list(request.skus))
+        skus = check_skus(list(request.skus), self.max_query_skus)
         room = validate_room(request.room_id) if request.room_id else ""
         hub_now, unix_now = self._now()
         views = self.inventory.stock(skus, room)

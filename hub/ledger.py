@@ -62,7 +62,7 @@ MAX_TTL_MS = 24 * 60 * 60 * 1000
 """The longest a reservation may be held unpaid."""
 MIN_TTL_MS = 1000
 MAX_LINES = 50
-"""Most lines (SKUs) in one reservation."""
+"""Most lines (SKUs) in one reservation, by default (``max_reservation_lines``)."""
 MAX_LINE_QTY = 100_000
 """Most units of one SKU in one reservation."""
 MAX_KEY_LEN = 128
@@ -304,11 +304,16 @@ def validate_room(room: str) -> str:
     return room
 
 
-def _check_lines(lines: Sequence[tuple[str, int]]) -> list[tuple[str, int]]:
+def _check_lines(
+    lines: Sequence[tuple[str, int]], max_lines: int = MAX_LINES
+) -> list[tuple[str, int]]:
     if not lines:
         raise InvalidArgument("a reservation needs at least one line")
-    if len(lines) > MAX_LINES:
-        raise InvalidArgument(f"a reservation has at most {MAX_LINES} lines, got {len(lines)}")
+    if len(lines) > max_lines:
+        raise InvalidArgument(
+            f"lines: a reservation has at most {max_lines} lines, got {len(lines)} "
+            "(max_reservation_lines)"
+        )
     seen: set[str] = set()
     for sku, qty in lines:
         try:
@@ -330,6 +335,8 @@ class Ledger:
         book: the quantities (on_hand, committed, held, quotas, safety stock).
         allocator: decides which warehouses ship a committed line.
         new_id: makes reservation and pick command ids (unique across restarts).
+        default_ttl_ms: how long a reservation is held when its caller says nothing.
+        max_lines: most lines in one reservation (``max_reservation_lines``).
     """
 
     def __init__(
@@ -338,8 +345,10 @@ class Ledger:
         new_id: Iterable[str],
         allocator: Allocator | None = None,
         default_ttl_ms: int = DEFAULT_TTL_MS,
+        max_lines: int = MAX_LINES,
     ) -> None:
         self.book = book
+        self.max_lines = max_lines
         self.allocator = allocator or MostAvailable()
         self.default_ttl_ms = default_ttl_ms
         self._ids = iter(new_id)
@@ -427,7 +436,7 @@ class Ledger:
                 other lines.
             Shortage: a line exceeds what is sellable (to ``room``).
         """
-        lines = _check_lines(lines)
+        lines = _check_lines(lines, self.max_lines)
         if room:
             validate_room(room)
         if not key or len(key) > MAX_KEY_LEN:

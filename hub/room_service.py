@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from stocksync.errors import InvalidArgument, StocksyncError
+from stocksync.hub.access import may_watch
 from stocksync.hub.grpc_edge import abort, guarded
+from stocksync.hub.grpc_gate import current_caller
 from stocksync.hub.rooms import (
     DisplayMode,
     DisplayPolicy,
@@ -220,8 +222,15 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
     async def ListRooms(
         self, request: rooms_pb2.ListRoomsRequest, context: Context
     ) -> rooms_pb2.ListRoomsResponse:
-        """Every live room."""
-        return rooms_pb2.ListRoomsResponse(rooms=[room_to_proto(r) for r in self.rooms.rooms()])
+        """Every live room the caller may see."""
+        caller = current_caller()
+        return rooms_pb2.ListRoomsResponse(
+            rooms=[
+                room_to_proto(r)
+                for r in self.rooms.rooms()
+                if caller is None or may_watch(caller, r.room)
+            ]
+        )
 
     @guarded
     async def EndRoom(

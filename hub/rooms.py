@@ -66,8 +66,9 @@ __all__ = [
 ]
 
 MAX_FEATURED = 200
-"""Most SKUs a room features at once: what a host can talk about in one
-stream, and the bound on what a stalled watcher holds."""
+"""Most SKUs a room features at once by default (``max_featured_skus``): what
+a host can talk about in one stream, and the bound on what a stalled watcher
+holds."""
 
 DEFAULT_HISTORY = 1000
 """Messages each room keeps for watchers that resume (``RoomHub(history=)``):
@@ -102,9 +103,11 @@ def validate_room_id(room: str) -> str:
     return room
 
 
-def _validate_featured(skus: Sequence[str]) -> tuple[str, ...]:
-    if len(skus) > MAX_FEATURED:
-        raise InvalidArgument(f"skus: at most {MAX_FEATURED} featured SKUs, got {len(skus)}")
+def _validate_featured(skus: Sequence[str], limit: int = MAX_FEATURED) -> tuple[str, ...]:
+    if len(skus) > limit:
+        raise InvalidArgument(
+            f"skus: at most {limit} featured SKUs, got {len(skus)} (max_featured_skus)"
+        )
     seen: set[str] = set()
     for i, sku in enumerate(skus):
         try:
@@ -408,6 +411,7 @@ class RoomHub:
         store: where rooms are kept; loaded here, so ``source`` must be ready.
         history: messages kept per room for resuming watchers.
         clock: ``time.monotonic`` (the clock ``stock_changed``'s origin is on).
+        max_featured: most SKUs a room may feature (``max_featured_skus``).
 
     Attributes:
         epoch: random per RoomHub: positions from another hub start are
@@ -426,9 +430,11 @@ class RoomHub:
         store: RoomStore,
         history: int = DEFAULT_HISTORY,
         clock: Callable[[], float] = time.monotonic,
+        max_featured: int = MAX_FEATURED,
     ) -> None:
         if history < 1:
             raise ValueError("history must be at least 1")
+        self.max_featured = max_featured
         self.source = source
         self.store = store
         self.history = history
@@ -478,7 +484,7 @@ class RoomHub:
             StocksyncError: if the store cannot save it (nothing changes).
         """
         validate_room_id(room_id)
-        featured = _validate_featured(skus)
+        featured = _validate_featured(skus, self.max_featured)
         room = self._rooms.get(room_id)
         if room is not None and room.live and room.record.featured == featured:
             return self._info(room)

@@ -31,7 +31,7 @@ def _refusal(target: str, error: grpc.RpcError) -> click.ClickException:
     return click.ClickException(f"{code.name}: {error.details()}")
 
 
-def _call(target: str, method: str, request: Any, insecure: bool, **tls: str | None) -> Any:
+def _call(target: str, method: str, request: Any, insecure: bool, **tls: Any) -> Any:
     with _channel(target, insecure, tls) as channel:
         stub = rooms_pb2_grpc.LiveRoomServiceStub(channel)
         try:
@@ -167,7 +167,7 @@ def watch(
     target: str,
     as_json: bool,
     insecure: bool,
-    **tls: str | None,
+    **tls: Any,
 ) -> None:
     """Print what ROOM shows, live, until Ctrl-C or the room ends.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import json
 import logging
 import os
@@ -27,10 +28,14 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from stocksync.auth import TokenFile
 from stocksync.config import HubConfig
+from stocksync.hub.access import Admission, Limits
 from stocksync.hub.clock import HubClock
 from stocksync.hub.grpc_edge import DecodeGuard, enable_reflection
+from stocksync.hub.grpc_gate import Gate
 from stocksync.hub.http import HttpServer, make_app
+from stocksync.hub.http_auth import HttpAuth
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer
 from stocksync.hub.room_service import SERVICE_NAME as ROOM_SERVICE
@@ -43,7 +48,7 @@ from stocksync.hub.storage import HubStore
 from stocksync.hub.streams import StreamRegistry
 from stocksync.hub.sync_service import SyncServicer
 from stocksync.hub.writer import Writer
-from stocksync.tls import server_credentials
+from stocksync.tls import CertificateReloader, TlsError, TlsFiles
 from stocksync.v1 import (
     inventory_pb2,
     inventory_pb2_grpc,
@@ -65,10 +70,12 @@ SERVICE_NAMES = (
 """The stocksync services; each has a health status of its own."""
 
 
-def server_options() -> list[tuple[str, Any]]:
+def server_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
     """gRPC server channel arguments (message bounds and keepalive policy)."""
     return [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        # A larger message is refused by gRPC itself (RESOURCE_EXHAUSTED,
+        # "received message larger than max") before any of it is parsed.
+        ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         # Agents ping every 20 s (keepalive_s) to detect dead links; allow it
         # even while a stream is idle instead of answering GOAWAY.
@@ -91,6 +98,7 @@ class Hub:
 
     Raises:
         StoreError: if ``config.db`` cannot be opened as a hub store.
+        TokenFileError: if ``config.tokens_file`` cannot be used.
     """
 
     def __init__(
@@ -112,6 +120,17 @@ class Hub:
                 offline_after_ms=int(config.offline_after_s * 1000),
             ),
             default_ttl_ms=int(config.reservation_ttl_s * 1000),
+            max_lines=config.max_reservation_lines,
+        )
+        # Who may call (None: plaintext, everyone), and how much.
+        self.tokens = TokenFile(config.tokens_file) if config.tokens_file else None
+        self.admission = Admission(
+            Limits(
+                max_streams_per_identity=config.max_streams_per_identity,
+                max_watchers_per_identity=config.max_watchers_per_identity,
+                max_requests_per_s=config.max_requests_per_s,
+                request_burst=config.request_burst,
+            )
         )
         self.rooms: RoomHub | None = None
         self.http: HttpServer | None = None
@@ -119,19 +138,32 @@ class Hub:
         self.health = health.aio.HealthServicer()
         self.port = 0
         self.http_port = 0
+        self.token_port = 0
+        self.certificates: CertificateReloader | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0).
 
         Raises:
-            RuntimeError: if the address cannot be bound.
+            RuntimeError: if an address cannot be bound, or the TLS files
+                cannot be used.
         """
         self.writer.start()
         await self.inventory.start()
         records = await asyncio.get_running_loop().run_in_executor(self.reads, self.store.rooms)
-        self.rooms = rooms = RoomHub(self.inventory, WriterRoomStore(records, self.writer))
+        self.rooms = rooms = RoomHub(
+            self.inventory,
+            WriterRoomStore(records, self.writer),
+            max_featured=self.config.max_featured_skus,
+        )
         self.inventory.stock_listeners.append(rooms.stock_changed)
-        server = grpc.aio.server(options=server_options(), interceptors=[DecodeGuard()])
+        # The gate goes first: a caller is identified before its request is looked at.
+        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeGuard()]
+        if not self.config.insecure:
+            interceptors.insert(0, Gate(self.tokens, self.admission))
+        server = grpc.aio.server(
+            options=server_options(self.config.max_message_bytes), interceptors=interceptors
+        )
         sync_pb2_grpc.add_SyncServiceServicer_to_server(
             SyncServicer(
                 self.store,
@@ -146,7 +178,14 @@ class Hub:
             server,
         )
         inventory_pb2_grpc.add_InventoryServiceServicer_to_server(
-            InventoryServicer(self.store, self.reads, self.streams, self.inventory), server
+            InventoryServicer(
+                self.store,
+                self.reads,
+                self.streams,
+                self.inventory,
+                max_query_skus=self.config.max_query_skus,
+            ),
+            server,
         )
         rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(
             RoomServicer(rooms, on_end=self.inventory.release_quota), server
@@ -154,20 +193,11 @@ class Hub:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([*SERVICE_NAMES, health_name], server)
-        check_free(self.config.listen)
-        try:
-            if self.config.insecure:
-                self.port = server.add_insecure_port(self.config.listen)
-            else:
-                creds = server_credentials(self.config)
-                self.port = server.add_secure_port(self.config.listen, creds)
-        except RuntimeError:
-            self.port = 0
-        if self.port == 0:
-            raise RuntimeError(f"cannot listen on {self.config.listen}")
+        self._listen(server)
         if self.config.http:
             host, _, port = self.config.http.rpartition(":")
-            self.http = HttpServer(make_app(rooms), host.strip("[]"), int(port))
+            auth = None if self.config.insecure else HttpAuth(self.tokens, self.admission)
+            self.http = HttpServer(make_app(rooms, auth=auth), host.strip("[]"), int(port))
             try:
                 self.http_port = await self.http.start()
             except OSError as e:
@@ -180,7 +210,43 @@ class Hub:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.server = server
         log.info("hub listening on port %d (store %s)", self.port, self.config.db)
+        if self.token_port:
+            log.info("token callers (TLS, no client certificate) on port %d", self.token_port)
         return self.port
+
+    def _listen(self, server: grpc.aio.Server) -> None:
+        """Add the listeners: mutual TLS (or plaintext, when asked for), and
+        the TLS-only listener for bearer-token callers if configured.
+
+        gRPC asks a client for a certificate on every connection of a port or
+        on none, so callers with a token and no certificate get a port of
+        their own; each port's credentials follow renewed certificate files.
+        """
+        config = self.config
+        for listen in (config.listen, config.token_listen):
+            if listen:
+                check_free(listen)
+        if config.insecure:
+            _warn_if_exposed("listen", config.listen)
+            if config.http:
+                _warn_if_exposed("http", config.http)
+            self.port = _bind(server, config.listen, None)
+            return
+        files = TlsFiles.from_config(config)
+        try:
+            self.certificates = CertificateReloader(files)
+            token_reloader = CertificateReloader(files, require_client_auth=False)
+        except TlsError as e:
+            raise RuntimeError(f"cannot use the TLS files: {e}") from None
+        self.port = _bind(server, config.listen, self.certificates.credentials())
+        if config.token_listen:
+            self.token_port = _bind(server, config.token_listen, token_reloader.credentials())
+        if config.http and self.tokens is None:
+            log.warning(
+                "HTTP on %s takes room tokens, but no tokens_file is set: every request "
+                "to it will be refused (401)",
+                config.http,
+            )
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting streams, let in-flight batches finish, close the store.
@@ -214,6 +280,41 @@ class Hub:
         await stop.wait()
         log.info("stopping after %.0f s", time.monotonic() - started)
         await self.stop()
+
+
+def _bind(server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | None) -> int:
+    """Add one listener; returns its port.
+
+    Raises:
+        RuntimeError: it cannot be bound.
+    """
+    try:
+        if creds is None:
+            port = server.add_insecure_port(listen)
+        else:
+            port = server.add_secure_port(listen, creds)
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise RuntimeError(f"cannot listen on {listen}")
+    return port
+
+
+def _warn_if_exposed(setting: str, listen: str) -> None:
+    """Plaintext beyond this machine: say so at every start."""
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name: it may resolve to anything
+    if not loopback:
+        log.warning(
+            "%s %s serves PLAINTEXT beyond this machine: anyone who can reach it may "
+            "stream events for any warehouse, reserve and read everything "
+            "(insecure is for development and trusted test networks only)",
+            setting,
+            listen,
+        )
 
 
 def check_free(listen: str) -> None:

@@ -27,6 +27,7 @@ from stocksync import wire
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
 from stocksync.hub.grpc_edge import Undecodable, abort
+from stocksync.hub.grpc_gate import current_caller
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.ledger import ConflictKind, PickCommand
 from stocksync.hub.storage import Applied, HubStore, Source, WarehouseRecord
@@ -225,7 +226,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             await abort(context, e)
 
     async def _sync(self, context: Any, out: wire.SerialWriter) -> None:
-        session = HubSession(identity=_identity(context), max_batch=self.max_batch_events)
+        session = HubSession(identity=_identity(), max_batch=self.max_batch_events)
         try:
             async with asyncio.timeout(self.hello_timeout_s):
                 first = await _read(context)
@@ -458,11 +459,11 @@ async def _goodbye(out: wire.SerialWriter, error: StocksyncError) -> None:
             await out.write(wire.goodbye_message(error.status.name, error.detail, resume))
 
 
-def _identity(context: Any) -> str | None:
-    """The warehouse a client certificate names, or None without mTLS."""
-    auth = context.auth_context()
-    names = auth.get("x509_common_name") or []
-    return names[0].decode() if names else None
+def _identity() -> str | None:
+    """The warehouse the caller's certificate names (the gate admits only
+    agents here), or None on a hub without authentication."""
+    caller = current_caller()
+    return caller.warehouse if caller is not None else None
 
 
 async def _read(context: Any) -> sync_pb2.SyncRequest:

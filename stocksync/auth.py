@@ -24,6 +24,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import tomllib
@@ -52,6 +54,7 @@ __all__ = [
     "Identity",
     "InvalidName",
     "InvalidScope",
+    "TokenFile",
     "TokenFileError",
     "TokenTable",
     "Unauthenticated",
@@ -64,6 +67,8 @@ __all__ = [
     "validate_room",
     "validate_scope",
 ]
+
+log = logging.getLogger(__name__)
 
 INVENTORY_READ = "inventory:read"
 INVENTORY_RESERVE = "inventory:reserve"
@@ -430,6 +435,45 @@ class TokenTable:
         if found is None:
             raise Unauthenticated("unknown bearer token")
         return Identity(kind="client", name=found.name, scopes=found.scopes)
+
+
+class TokenFile:
+    """A tokens file the hub follows: edits (a new token, a revoked one) take
+    effect on the next call, without a restart.
+
+    Each :meth:`table` looks at the file's inode, size and modification time
+    (one ``stat``) and re-reads it only when they changed. A file that cannot
+    be used any more (half-written, a bad entry) is logged once and the table
+    read last stays in force.
+
+    Raises:
+        TokenFileError: the file cannot be used at start.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._seen = self._signature()
+        self._table = TokenTable.load(self.path)
+
+    def _signature(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def table(self) -> TokenTable:
+        """The tokens accepted now."""
+        signature = self._signature()
+        if signature != self._seen:
+            self._seen = signature
+            try:
+                self._table = TokenTable.load(self.path)
+            except TokenFileError as e:
+                log.warning("tokens file changed but cannot be used, keeping the last one: %s", e)
+            else:
+                log.info("tokens file %s re-read: %d tokens", self.path, len(self._table))
+        return self._table
 
 
 def _triples(data: dict[str, Any]) -> list[tuple[str, str, Iterable[str]]]:

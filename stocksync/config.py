@@ -48,8 +48,29 @@ def _check_synchronous(value: str) -> None:
         raise ConfigError(f"synchronous: {e}") from None
 
 
+TLS_DIR_FILES = {"tls_cert": "cert.pem", "tls_key": "key.pem", "tls_ca": "ca.pem"}
+"""What a ``tls`` directory holds (the layout ``stocksync-hub certs issue-*`` writes)."""
+
+
+def _check_tls_dir(config: AgentConfig | HubConfig) -> None:
+    """Turn ``tls`` (a directory) into the three file settings it stands for."""
+    derived = {name: os.path.join(config.tls, file) for name, file in TLS_DIR_FILES.items()}
+    # What an earlier validate() filled in is not a conflict.
+    given = [name for name, path in derived.items() if getattr(config, name) not in ("", path)]
+    if given:
+        raise ConfigError(f"tls: set together with {given[0]}; choose one")
+    if not os.path.isdir(config.tls):
+        raise ConfigError(f"tls: {config.tls} is not a directory")
+    for name, path in derived.items():
+        setattr(config, name, path)
+
+
 def _check_tls(config: AgentConfig | HubConfig) -> None:
     """Either plaintext explicitly, or all three PEM files, readable."""
+    if config.insecure and config.tls:
+        raise ConfigError("tls: set together with insecure; choose one")
+    if config.tls:
+        _check_tls_dir(config)
     files = {"tls_cert": config.tls_cert, "tls_key": config.tls_key, "tls_ca": config.tls_ca}
     if config.insecure:
         given = [name for name, path in files.items() if path]
@@ -76,8 +97,13 @@ class AgentConfig:
     hub: str = _knob("127.0.0.1:50051", "The hub's HOST:PORT.")
     db: str = _knob("stocksync-agent.db", "Path of the agent's SQLite store.")
     insecure: bool = _knob(False, "Talk to the hub in plaintext. Only when explicitly asked for.")
+    tls: str = _knob(
+        "",
+        "Directory with cert.pem, key.pem and ca.pem (from `stocksync-hub certs issue-agent`), "
+        "instead of the three tls_* files.",
+    )
     tls_cert: str = _knob(
-        "", "This warehouse's client certificate (PEM); its CN is the warehouse id."
+        "", "This warehouse's client certificate (PEM); it names the warehouse id."
     )
     tls_key: str = _knob("", "The client certificate's private key (PEM).")
     tls_ca: str = _knob("", "CA certificate(s) (PEM) that signed the hub's certificate.")
@@ -145,6 +171,11 @@ class HubConfig:
     )
     db: str = _knob("stocksync-hub.db", "Path of the hub's SQLite store.")
     insecure: bool = _knob(False, "Serve plaintext. Only when explicitly asked for.")
+    tls: str = _knob(
+        "",
+        "Directory with cert.pem, key.pem and ca.pem (from `stocksync-hub certs issue-hub`), "
+        "instead of the three tls_* files. Renewed files are served without a restart.",
+    )
     tls_cert: str = _knob("", "The hub's server certificate (PEM).")
     tls_key: str = _knob("", "The server certificate's private key (PEM).")
     tls_ca: str = _knob("", "CA certificate(s) (PEM) that sign client certificates; required.")
@@ -171,6 +202,39 @@ class HubConfig:
     offline_after_s: float = _knob(
         300.0, "A warehouse silent this long is offline: it adds nothing new to what is sellable."
     )
+    # -- who may call, and how much (README, Security) --------------------------------
+    token_listen: str = _knob(
+        "",
+        "HOST:PORT of a second gRPC listener for bearer-token callers: TLS with the hub's "
+        "certificate, no client certificate asked. Empty: none.",
+    )
+    tokens_file: str = _knob(
+        "",
+        "TOML file of accepted bearer tokens (hashes only, from `stocksync-hub tokens new`); "
+        "re-read when it changes. Empty: no tokens.",
+    )
+    max_message_bytes: int = _knob(
+        8 * 1024 * 1024, "Largest gRPC message the hub accepts, in bytes."
+    )
+    max_reservation_lines: int = _knob(50, "Most lines (SKUs) in one reservation.")
+    max_featured_skus: int = _knob(200, "Most SKUs a room features at once.")
+    max_query_skus: int = _knob(1000, "Most SKUs one stock query may name.")
+    max_streams_per_identity: int = _knob(
+        4,
+        "Sync streams one agent certificate may hold open at once (a reconnect supersedes "
+        "the old stream; the margin covers the moment both are open).",
+    )
+    max_watchers_per_identity: int = _knob(
+        1000,
+        "Room watches (gRPC Watch and SSE) one certificate or token may hold open at once; "
+        "a token shared by viewers' browsers counts each browser.",
+    )
+    max_requests_per_s: float = _knob(
+        1000.0, "Calls and HTTP requests per second one certificate or token may make, sustained."
+    )
+    request_burst: int = _knob(
+        2000, "Calls one certificate or token may make at once before max_requests_per_s applies."
+    )
 
     def validate(self) -> HubConfig:
         """Check every field; returns self.
@@ -191,8 +255,39 @@ class HubConfig:
         _check_range("stale_after_s", self.stale_after_s, 1, 86_400)
         _check_range("stale_buffer", self.stale_buffer, 0, 1)
         _check_range("offline_after_s", self.offline_after_s, self.stale_after_s, 7 * 86_400)
+        _check_range("max_message_bytes", self.max_message_bytes, 64 * 1024, 64 * 1024 * 1024)
+        _check_range("max_reservation_lines", self.max_reservation_lines, 1, 1000)
+        _check_range("max_featured_skus", self.max_featured_skus, 1, 10_000)
+        _check_range("max_query_skus", self.max_query_skus, 1, 100_000)
+        _check_range("max_streams_per_identity", self.max_streams_per_identity, 1, 1000)
+        _check_range("max_watchers_per_identity", self.max_watchers_per_identity, 1, 1_000_000)
+        _check_range("max_requests_per_s", self.max_requests_per_s, 0.001, 1_000_000)
+        _check_range("request_burst", self.request_burst, 1, 10_000_000)
         _check_tls(self)
+        self._check_callers()
         return self
+
+    def _check_callers(self) -> None:
+        if self.token_listen:
+            _check_listen("token_listen", self.token_listen)
+            if self.insecure:
+                raise ConfigError(
+                    "token_listen: needs TLS (bearer tokens are never sent in the clear)"
+                )
+            if self.token_listen == self.listen:
+                raise ConfigError("token_listen: must differ from listen")
+        if self.tokens_file:
+            if self.insecure:
+                raise ConfigError(
+                    "tokens_file: set together with insecure (plaintext lets every caller in)"
+                )
+            try:
+                with open(self.tokens_file, "rb"):
+                    pass
+            except OSError as e:
+                raise ConfigError(
+                    f"tokens_file: cannot read {self.tokens_file}: {e.strerror}"
+                ) from None
 
 
 C = TypeVar("C", AgentConfig, HubConfig)

@@ -27,6 +27,8 @@ class Status(enum.Enum):
     """The request is wrong whatever the state: a bad field, a broken rule."""
     NOT_FOUND = "NOT_FOUND"
     """The named thing (a reservation, a room) does not exist."""
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    """No usable credential: no token, a wrong one, a certificate naming nobody."""
     PERMISSION_DENIED = "PERMISSION_DENIED"
     """The caller is known but may not do this."""
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"

@@ -36,7 +36,6 @@ __all__ = [
     "TlsFiles",
     "channel_credentials",
     "reloading_server_credentials",
-    "server_credentials",
     "tls_dir_option",
 ]
 
@@ -280,13 +279,4 @@ def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials:
         root_certificates=_read(config.tls_ca),
         private_key=_read(config.tls_key),
         certificate_chain=_read(config.tls_cert),
-    )
-
-
-def server_credentials(config: HubConfig) -> grpc.ServerCredentials:
-    """The hub's server credentials, read once; every client must present a certificate."""
-    return grpc.ssl_server_credentials(
-        [(_read(config.tls_key), _read(config.tls_cert))],
-        root_certificates=_read(config.tls_ca),
-        require_client_auth=True,
     )

@@ -80,8 +80,10 @@ class CA:
         self.path = folder / f"{cn.replace(' ', '-')}.pem"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, cn: str, server: bool = False) -> tuple[str, str]:
-        """A certificate for ``cn``; returns (cert path, key path)."""
+    def issue(
+        self, cn: str, server: bool = False, uris: list[str] | None = None
+    ) -> tuple[str, str]:
+        """A certificate for ``cn`` (with URI SANs ``uris``); returns (cert path, key path)."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (
@@ -98,6 +100,11 @@ class CA:
                 x509.SubjectAlternativeName(
                     [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
                 ),
+                critical=False,
+            )
+        if uris:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(u) for u in uris]),
                 critical=False,
             )
         cert = builder.sign(self.key, hashes.SHA256())
@@ -189,7 +196,19 @@ def test_agent_streams_over_mutual_tls(tmp_path: Path, pki: CA, tls_hub: tuple[s
     )
     try:
         wait_until(lambda: hub_on_hand(hub_db, "WH-LAX") == agent_on_hand(db), 30)
+        # A certificate naming no scope (the CN of an agent) reads nothing;
+        # a client certificate with inventory:read does.
         op_cert, op_key = pki.issue("operator")
+        out = run_cli(
+            HUB, "stock", "SKU-1", "--hub", target, "--json",
+            "--tls-cert", op_cert, "--tls-key", op_key, "--tls-ca", str(pki.path),
+        )  # fmt: skip
+        assert out.returncode == 1
+        assert "PERMISSION_DENIED: agent operator holds no client scope" in out.stderr
+        op_cert, op_key = pki.issue(
+            "operator-2",
+            uris=["spiffe://stocksync/client/operator", "urn:stocksync:scope:inventory:read"],
+        )
         out = run_cli(
             HUB, "stock", "SKU-1", "--hub", target, "--json",
             "--tls-cert", op_cert, "--tls-key", op_key, "--tls-ca", str(pki.path),
