@@ -274,7 +274,7 @@ class HubConfig:
                 raise ConfigError(
                     "token_listen: needs TLS (bearer tokens are never sent in the clear)"
                 )
-            if self.token_listen == self.listen:
+            if self.token_listen == self.listen and not self.listen.endswith(":0"):
                 raise ConfigError("token_listen: must differ from listen")
         if self.tokens_file:
             if self.insecure:
