@@ -45,6 +45,7 @@ from stocksync.certs import (
 from stocksync.config import HubConfig
 from stocksync.hub.clock import HubClock
 from stocksync.hub.server import Hub
+from stocksync.tools.procs import Child, command
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
 RECEIVE = 1
@@ -322,3 +323,24 @@ def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> int
         return conn.getresponse().status
     finally:
         conn.close()
+
+
+def tls_agent(pki: Pki, warehouse: str, db: Path, hub: str, log: Path) -> Child:
+    """``stocksync-agent run --tls DIR`` for ``warehouse`` against the hub at ``hub``."""
+    return Child(
+        f"agent {warehouse}",
+        [
+            *command("stocksync-agent"),
+            "run",
+            "--warehouse",
+            warehouse,
+            "--hub",
+            hub,
+            "--db",
+            str(db),
+            "--tls",
+            str(pki.agent(warehouse)),
+        ],
+        log,
+        env={"STOCKSYNC_AGENT_BACKOFF_MAX_S": "1"},
+    )
