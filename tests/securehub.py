@@ -19,7 +19,9 @@ import contextlib
 import datetime
 import http.client
 import queue
+import socket
 import sqlite3
+import ssl
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -344,3 +346,17 @@ def tls_agent(pki: Pki, warehouse: str, db: Path, hub: str, log: Path) -> Child:
         log,
         env={"STOCKSYNC_AGENT_BACKOFF_MAX_S": "1"},
     )
+
+
+def served_serial(port: int, client: Path) -> int:
+    """The serial number of the certificate a new TLS connection to ``port`` is given."""
+    context = ssl.create_default_context(cafile=str(client / "ca.pem"))
+    context.load_cert_chain(client / "cert.pem", client / "key.pem")
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number

@@ -41,6 +41,7 @@ from stocksync.tls import (
     reloading_server_credentials,
     tls_dir_option,
 )
+from stocksync.tools.procs import HubChild
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
 
@@ -454,3 +455,15 @@ def test_reloading_credentials_refuse_unusable_files_at_start(issued: Path) -> N
     (issued / "hub" / "key.pem").write_bytes((issued / "agent" / "key.pem").read_bytes())
     with pytest.raises(TlsError, match="is not the key of"):
         reloading_server_credentials(TlsFiles.from_dir(issued / "hub"))
+
+
+def test_plaintext_beyond_loopback_is_warned_about_at_every_start(tmp_path: Path) -> None:
+    for attempt, listen in enumerate(["0.0.0.0:0", "127.0.0.1:0", "0.0.0.0:0"]):
+        log = tmp_path / f"hub-{attempt}.log"
+        child = HubChild(tmp_path / "hub.db", log, listen)
+        try:
+            child.wait_ready(30)
+        finally:
+            assert child.stop() == 0
+        warned = "serves PLAINTEXT beyond this machine" in log.read_text()
+        assert warned == listen.startswith("0.0.0.0"), log.read_text()
