@@ -145,8 +145,12 @@ RULES: dict[str, Rule] = {
     ),
     # Lists only the rooms the caller may see (the room service filters).
     _ROOMS + "ListRooms": Rule(Caller.CLIENT, (ROOMS_WATCH, ROOMS_HOST)),
+    # Load balancers and supervisors ask without credentials; the answer
+    # says only whether the hub serves.
     "/grpc.health.v1.Health/Check": Rule(Caller.PUBLIC),
-    "/grpc.health.v1.Health/Watch": Rule(Caller.PUBLIC),
+    "/grpc.health.v1.Health/List": Rule(Caller.PUBLIC),
+    # A stream: only for identified callers, counted like a room watch.
+    "/grpc.health.v1.Health/Watch": Rule(Caller.ANY, stream=StreamKind.WATCHER),
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Rule(Caller.ANY),
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(Caller.ANY),
 }
