@@ -67,10 +67,10 @@ def channel(target: str, insecure: bool, tls: Mapping[str, Any]) -> grpc.Channel
         if token or folder or any(files.values()):
             raise click.UsageError("--insecure is plaintext: give it no certificate or token")
         return grpc.insecure_channel(target)
-    if folder is not None and any(files.values()):
-        raise click.UsageError("give --tls DIR or the --tls-* files, not both")
     if token and (folder is not None or files["tls_cert"] or files["tls_key"]):
         raise click.UsageError("give a client certificate or a --token, not both")
+    if folder is not None and any(files.values()):
+        raise click.UsageError("give --tls DIR or the --tls-* files, not both")
     try:
         if isinstance(folder, TlsFiles):
             creds = folder.channel_credentials()
