@@ -14,8 +14,18 @@ from stocksync.config import AgentConfig, HubConfig, env_name
 
 def _flag(name: str, cls: type[AgentConfig] | type[HubConfig]) -> str:
     flags = {
-        AgentConfig: {"warehouse", "hub", "db", "insecure", "tls_cert", "tls_key", "tls_ca"},
-        HubConfig: {"listen", "db", "insecure", "tls_cert", "tls_key", "tls_ca"},
+        AgentConfig: {"warehouse", "hub", "db", "insecure", "tls", "tls_cert", "tls_key", "tls_ca"},
+        HubConfig: {
+            "listen",
+            "db",
+            "insecure",
+            "tls",
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
+            "token_listen",
+            "tokens_file",
+        },
     }[cls]
     return f"`--{name.replace('_', '-')}`" if name in flags else "-"
 

@@ -170,3 +170,25 @@ def test_protos_speak_only_of_this_repository() -> None:
         assert "DESIGN" not in text and "§" not in text, proto.name
     assert "docs/protocol.md" in (ROOT / "protos" / "stocksync" / "v1" / "sync.proto").read_text()
     assert "docs/protocol.md" in README
+
+
+LIMIT_SETTINGS = [
+    "max_message_bytes",
+    "max_batch_events",
+    "max_reservation_lines",
+    "max_featured_skus",
+    "max_query_skus",
+    "max_streams_per_identity",
+    "max_watchers_per_identity",
+    "max_requests_per_s",
+    "request_burst",
+]
+
+
+@pytest.mark.parametrize("name", LIMIT_SETTINGS)
+def test_the_security_section_states_each_limit_and_its_default(name: str) -> None:
+    section = README.split("## Security", 1)[1].split("### Limits", 1)[1].split("\n### ", 1)[0]
+    row = next((line for line in section.splitlines() if f"`{name}`" in line), None)
+    assert row is not None, f"README Security/Limits has no row for {name}"
+    value = getattr(HubConfig(), name)
+    assert (f"{value:,}" if isinstance(value, int) else f"{value:,g}") in row, row
