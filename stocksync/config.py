@@ -48,6 +48,10 @@ def _check_synchronous(value: str) -> None:
         raise ConfigError(f"synchronous: {e}") from None
 
 
+MAX_EVENT_BYTES = 1200
+"""The largest one event can be on the wire: every string at its longest
+(the 200-character reason in 4-byte UTF-8), every number at its widest."""
+
 TLS_DIR_FILES = {"tls_cert": "cert.pem", "tls_key": "key.pem", "tls_ca": "ca.pem"}
 """What a ``tls`` directory holds (the layout ``stocksync-hub certs issue-*`` writes)."""
 
@@ -214,7 +218,9 @@ class HubConfig:
         "re-read when it changes. Empty: no tokens.",
     )
     max_message_bytes: int = _knob(
-        8 * 1024 * 1024, "Largest gRPC message the hub accepts, in bytes."
+        8 * 1024 * 1024,
+        "Largest gRPC message the hub accepts, in bytes; must hold a batch "
+        "(max_batch_events x 1,200 + 1,024).",
     )
     max_reservation_lines: int = _knob(50, "Most lines (SKUs) in one reservation.")
     max_featured_skus: int = _knob(200, "Most SKUs a room features at once.")
@@ -263,6 +269,13 @@ class HubConfig:
         _check_range("max_watchers_per_identity", self.max_watchers_per_identity, 1, 1_000_000)
         _check_range("max_requests_per_s", self.max_requests_per_s, 0.001, 1_000_000)
         _check_range("request_burst", self.request_burst, 1, 10_000_000)
+        needed = self.max_batch_events * MAX_EVENT_BYTES + 1024
+        if self.max_message_bytes < needed:
+            raise ConfigError(
+                f"max_message_bytes: {self.max_message_bytes} cannot hold a batch of "
+                f"max_batch_events={self.max_batch_events} events of up to {MAX_EVENT_BYTES:,} "
+                f"bytes; raise it to {needed} or lower max_batch_events"
+            )
         _check_tls(self)
         self._check_callers()
         return self

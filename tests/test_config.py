@@ -112,3 +112,59 @@ def test_shipped_example_configs_load(name: str, cls: type, tmp_path: Path) -> N
     flags = {"tls_cert": str(pem), "tls_key": str(pem), "tls_ca": str(pem)}
     config = load(cls, config_file=example, env={}, flags=flags)
     assert config.db.startswith("/var/lib/stocksync/")
+
+
+def _tls_dir(tmp_path: Path) -> Path:
+    from stocksync.certs import init_ca, issue_hub
+
+    init_ca(tmp_path / "ca")
+    issue_hub(tmp_path / "ca", tmp_path / "hub-tls", ["localhost"])
+    return tmp_path / "hub-tls"
+
+
+def test_a_tls_directory_stands_for_the_three_files(tmp_path: Path) -> None:
+    folder = _tls_dir(tmp_path)
+    config = load(HubConfig, env={}, flags={"tls": str(folder)})
+    assert (config.tls_cert, config.tls_key, config.tls_ca) == (
+        str(folder / "cert.pem"),
+        str(folder / "key.pem"),
+        str(folder / "ca.pem"),
+    )
+    assert config.validate() is config  # validating again is no conflict
+    env = {"STOCKSYNC_HUB_TLS": str(folder)}
+    assert load(HubConfig, env=env).tls_key == str(folder / "key.pem")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"tls_cert": "x.pem"}, "tls: set together with tls_cert; choose one"),
+        ({"insecure": True}, "tls: set together with insecure; choose one"),
+    ],
+)
+def test_a_tls_directory_is_not_mixed_with_other_tls_settings(
+    tmp_path: Path, flags: dict[str, object], message: str
+) -> None:
+    folder = _tls_dir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        load(HubConfig, env={}, flags={"tls": str(folder), **flags})
+    with pytest.raises(ConfigError, match="is not a directory"):
+        load(AgentConfig, env={}, flags={"warehouse": "WH-LAX", "tls": str(tmp_path / "none")})
+    (folder / "key.pem").unlink()
+    with pytest.raises(ConfigError, match=r"tls_key: cannot read .*key\.pem"):
+        load(HubConfig, env={}, flags={"tls": str(folder)})
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"insecure": True, "token_listen": "0.0.0.0:50052"}, "token_listen: needs TLS"),
+        ({"insecure": True, "tokens_file": "t.toml"}, "tokens_file: set together with insecure"),
+        ({"max_batch_events": 10_000}, "max_message_bytes: 8388608 cannot hold a batch"),
+        ({"max_streams_per_identity": 0}, "max_streams_per_identity: must be between 1"),
+        ({"max_requests_per_s": 0}, "max_requests_per_s: must be between 0.001"),
+    ],
+)
+def test_caller_settings_are_checked(flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load(HubConfig, env={}, flags={"insecure": True, **flags})
