@@ -151,8 +151,12 @@ RULES: dict[str, Rule] = {
     "/grpc.health.v1.Health/List": Rule(Caller.PUBLIC),
     # A stream: only for identified callers, counted like a room watch.
     "/grpc.health.v1.Health/Watch": Rule(Caller.ANY, stream=StreamKind.WATCHER),
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Rule(Caller.ANY),
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(Caller.ANY),
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": Rule(
+        Caller.ANY, stream=StreamKind.WATCHER
+    ),
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": Rule(
+        Caller.ANY, stream=StreamKind.WATCHER
+    ),
 }
 """Every method the hub serves. A method missing here is refused to
 everyone: a new RPC is closed until someone decides who may call it."""

@@ -282,3 +282,14 @@ def test_security_matrix(case: str, pki: Pki, hub: HubThread) -> None:
         assert after == before, f"{case}: {written} rows written"
     elif "Reserve" in case:
         assert written > 0  # the dump does see writes
+
+
+def test_rooms_are_listed_only_to_callers_who_may_see_them(pki: Pki, hub: HubThread) -> None:
+    def listed(target: str, creds: grpc.ChannelCredentials) -> list[str]:
+        with grpc.secure_channel(target, creds) as channel:
+            stub = rooms_pb2_grpc.LiveRoomServiceStub(channel)
+            reply = stub.ListRooms(rooms_pb2.ListRoomsRequest(), timeout=15)
+        return sorted(r.room_id for r in reply.rooms)
+
+    assert listed(hub.mtls, cert_creds(pki.client("admin"))) == ["room-a", "room-b"]
+    assert listed(hub.token_target, token_creds(pki, pki.tokens["overlay-a"])) == ["room-a"]
