@@ -63,7 +63,7 @@ async def _callers(
     channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
     for ch in channels:
         await ch.channel_ready()
-    calls = [
+    calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
         ch.unary_unary(method, request_serializer=None, response_deserializer=None)
         for ch in channels
     ]
@@ -145,7 +145,8 @@ def _stock(target: str) -> inventory_pb2.SkuSummary:
     with grpc.insecure_channel(target) as ch:
         stub = inventory_pb2_grpc.InventoryServiceStub(ch)
         [stock] = stub.GetStock(inventory_pb2.GetStockRequest(skus=[SKU]), timeout=10).skus
-    return stock
+    summary: inventory_pb2.SkuSummary = stock
+    return summary
 
 
 def _seed(workdir: Path, units: int) -> list[Path]:
