@@ -28,8 +28,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stocksync.config import HubConfig
+from stocksync.grpc_edge import DecodeGuard, enable_reflection
 from stocksync.hub.clock import HubClock
-from stocksync.hub.grpc_edge import DecodeGuard, enable_reflection
 from stocksync.hub.http import HttpServer, make_app
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer

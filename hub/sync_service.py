@@ -4,7 +4,7 @@ Each agent stream runs one :class:`~stocksync.protocol.HubSession`. This
 module only moves messages between it, the network and the store: the core
 decides what is allowed, the :class:`~stocksync.hub.writer.Writer` makes it
 durable, and any domain error ends the stream through the one status table
-of :mod:`stocksync.hub.grpc_edge`.
+of :mod:`stocksync.grpc_edge`.
 
 Batches are pipelined: while one waits in the writer for its fsync, the next
 is read, checked and queued; acks follow the commits in order and only ever
@@ -26,7 +26,7 @@ import grpc
 from stocksync import wire
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
-from stocksync.hub.grpc_edge import Undecodable, abort
+from stocksync.grpc_edge import Undecodable, abort
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.ledger import ConflictKind, PickCommand
 from stocksync.hub.storage import Applied, HubStore, Source, WarehouseRecord
