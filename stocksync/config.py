@@ -124,7 +124,11 @@ class AgentConfig:
         1000,
         "A batch goes out at this many events (N), or the hub's limit if lower...",
     )
-    batch_linger_ms: int = _knob(5, "...or this long after its first event, whichever first (T).")
+    batch_linger_ms: int = _knob(
+        5,
+        "...or, while another batch awaits its ack, this long after its first event, whichever "
+        "first (T). With nothing in flight a batch goes at once.",
+    )
     window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
     poll_interval_ms: int = _knob(
         10, "How often the daemon looks for events recorded by other processes."
