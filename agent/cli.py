@@ -222,6 +222,12 @@ def import_(csv_file: str, db: str) -> None:
 @click.option("--tls-cert", default=None, help="Client certificate (PEM) naming the warehouse.")
 @click.option("--tls-key", default=None, help="Its private key (PEM).")
 @click.option("--tls-ca", default=None, help="CA (PEM) that signed the hub's certificate.")
+@click.option(
+    "--local-api",
+    default=None,
+    metavar="ADDRESS",
+    help="Serve the local API for producers on unix:PATH or a loopback HOST:PORT.",
+)
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
@@ -258,10 +264,23 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
 
     async def main_(stop: asyncio.Event) -> None:
         link = AgentLink(config, store)
+        api = None
+        if config.local_api:
+            from stocksync.agent.local_api import LocalApi, LocalApiError
+
+            api = LocalApi(config.local_api, config.db, config.synchronous, link.wake)
+            try:
+                await api.start()
+            except LocalApiError as e:
+                raise click.ClickException(str(e)) from None
         task = asyncio.ensure_future(link.run())
-        await asyncio.wait(
-            {task, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED"
-        )
+        try:
+            await asyncio.wait(
+                {task, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            if api is not None:
+                await api.stop()  # before the link: what it recorded is sent on the next run
         link.stop()
         await task
 

@@ -142,6 +142,10 @@ class AgentLink:
         self._stop.set()
         self._wake.set()
 
+    def wake(self) -> None:
+        """New events were recorded: look for them now, not at the next poll."""
+        self._wake.set()
+
     async def run(self) -> None:
         """Stream until :meth:`stop`, reconnecting forever.
 

@@ -2,7 +2,7 @@
 
 Every call goes to the :class:`~stocksync.hub.inventory.Inventory`, which the
 JSON API shares; this module only translates messages, and every refusal is
-a domain error that :func:`~stocksync.hub.grpc_edge.guarded` turns into its
+a domain error that :func:`~stocksync.grpc_edge.guarded` turns into its
 status.
 """
 
@@ -17,7 +17,7 @@ import grpc
 
 from stocksync.errors import InvalidArgument
 from stocksync.events import InvalidEvent, validate_sku
-from stocksync.hub.grpc_edge import guarded
+from stocksync.grpc_edge import guarded
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.ledger import Conflict, Reservation, State, validate_room
 from stocksync.hub.stock import Freshness, SkuStock

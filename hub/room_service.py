@@ -2,7 +2,7 @@
 
 Every rule lives in :mod:`stocksync.hub.rooms`; this module translates
 messages both ways (the CLI reads ``Watch`` back into the same events with
-:func:`event_from_proto`) and lets :mod:`~stocksync.hub.grpc_edge` turn
+:func:`event_from_proto`) and lets :mod:`~stocksync.grpc_edge` turn
 domain errors into statuses.
 """
 
@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from stocksync.errors import InvalidArgument, StocksyncError
+from stocksync.grpc_edge import abort, guarded
 from stocksync.hub.access import may_watch
-from stocksync.hub.grpc_edge import abort, guarded
 from stocksync.hub.grpc_gate import current_caller
 from stocksync.hub.rooms import (
     DisplayMode,

@@ -30,9 +30,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stocksync.auth import TokenFile
 from stocksync.config import HubConfig
+from stocksync.grpc_edge import DecodeGuard, enable_reflection
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.clock import HubClock
-from stocksync.hub.grpc_edge import DecodeGuard, enable_reflection
 from stocksync.hub.grpc_gate import Gate
 from stocksync.hub.http import HttpServer, make_app
 from stocksync.hub.http_auth import HttpAuth

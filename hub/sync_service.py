@@ -4,7 +4,7 @@ Each agent stream runs one :class:`~stocksync.protocol.HubSession`. This
 module only moves messages between it, the network and the store: the core
 decides what is allowed, the :class:`~stocksync.hub.writer.Writer` makes it
 durable, and any domain error ends the stream through the one status table
-of :mod:`stocksync.hub.grpc_edge`.
+of :mod:`stocksync.grpc_edge`.
 
 Batches are pipelined: while one waits in the writer for its fsync, the next
 is read, checked and queued; acks follow the commits in order and only ever
@@ -26,7 +26,7 @@ import grpc
 from stocksync import wire
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
-from stocksync.hub.grpc_edge import Undecodable, abort
+from stocksync.grpc_edge import Undecodable, abort
 from stocksync.hub.grpc_gate import current_caller
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.ledger import ConflictKind, PickCommand
@@ -222,7 +222,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         try:
             await self._sync(context, out)
         except StocksyncError as e:
-            await _goodbye(out, e)
+            if await _goodbye(out, e):
+                await _let_agent_hang_up(context)
             await abort(context, e)
 
     async def _sync(self, context: Any, out: wire.SerialWriter) -> None:
@@ -450,13 +451,27 @@ GOODBYE_TIMEOUT_S = 1.0
 """How long the hub waits to write a Goodbye before ending the stream anyway."""
 
 
-async def _goodbye(out: wire.SerialWriter, error: StocksyncError) -> None:
+async def _goodbye(out: wire.SerialWriter, error: StocksyncError) -> bool:
     """Best effort: tell the agent why the stream ends, in a message it reads
-    even when gRPC would report the end as INTERNAL (it was still writing)."""
+    even when gRPC would report the end as INTERNAL (it was still writing).
+    Returns whether the Goodbye was written."""
     resume = next((int(v) for k, v in error.trailers() if k == "resume-from-seq"), 0)
     with contextlib.suppress(Exception):
         async with asyncio.timeout(GOODBYE_TIMEOUT_S):
             await out.write(wire.goodbye_message(error.status.name, error.detail, resume))
+            return True
+    return False
+
+
+async def _let_agent_hang_up(context: Any) -> None:
+    """Wait (at most GOODBYE_TIMEOUT_S) for the agent to read the Goodbye and
+    end the call itself. Ending it first while the agent is still writing
+    resets the stream, and the reset can overtake the Goodbye."""
+    ended = asyncio.Event()
+    context.add_done_callback(lambda _: ended.set())
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(GOODBYE_TIMEOUT_S):
+            await ended.wait()
 
 
 def _identity() -> str | None:

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 
+import click
+
 from stocksync.config import AgentConfig, HubConfig, env_name
 
 
+def _flags(command: click.Command) -> set[str]:
+    """The settings a command also takes as a flag (``--tls-cert`` sets ``tls_cert``)."""
+    return {p.name for p in command.params if isinstance(p, click.Option) and p.name}
+
+
 def _flag(name: str, cls: type[AgentConfig] | type[HubConfig]) -> str:
-    flags = {
-        AgentConfig: {"warehouse", "hub", "db", "insecure", "tls", "tls_cert", "tls_key", "tls_ca"},
-        HubConfig: {
-            "listen",
-            "db",
-            "insecure",
-            "tls",
-            "tls_cert",
-            "tls_key",
-            "tls_ca",
-            "token_listen",
-            "tokens_file",
-        },
-    }[cls]
+    from stocksync.agent.cli import run
+    from stocksync.hub.cli import serve
+
+    flags = _flags(run if cls is AgentConfig else serve)
     return f"`--{name.replace('_', '-')}`" if name in flags else "-"
 
 

@@ -9,6 +9,7 @@ default. :func:`load` merges them; ``validate()`` names the bad field.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -19,7 +20,14 @@ from typing import Any, TypeVar
 from stocksync.events import InvalidEvent, validate_warehouse
 from stocksync.sqlite import check_synchronous
 
-__all__ = ["AgentConfig", "ConfigError", "HubConfig", "env_name", "load"]
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "HubConfig",
+    "check_local_address",
+    "env_name",
+    "load",
+]
 
 
 class ConfigError(ValueError):
@@ -39,6 +47,34 @@ def _check_listen(name: str, value: str) -> None:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
+
+
+def check_local_address(address: str) -> str:
+    """Accept ``unix:PATH`` or a loopback ``HOST:PORT``; returns it unchanged.
+
+    Raises:
+        ValueError: for anything a network could reach, or a malformed address.
+    """
+    if address.startswith("unix:"):
+        if not address.removeprefix("unix:").removeprefix("//"):
+            raise ValueError("unix: needs a path, e.g. unix:/run/stocksync-agent/api.sock")
+        return address
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected unix:PATH or HOST:PORT, got {address!r}")
+    name = host.strip("[]")
+    if name == "localhost":
+        return address
+    try:
+        loopback = ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(
+            f"{address!r} is not a loopback address: the local API listens only on a Unix "
+            "socket or 127.0.0.1 / [::1] (it has no authentication of its own)"
+        )
+    return address
 
 
 def _check_synchronous(value: str) -> None:
@@ -118,7 +154,11 @@ class AgentConfig:
         1000,
         "A batch goes out at this many events (N), or the hub's limit if lower...",
     )
-    batch_linger_ms: int = _knob(5, "...or this long after its first event, whichever first (T).")
+    batch_linger_ms: int = _knob(
+        5,
+        "...or, while another batch awaits its ack, this long after its first event, whichever "
+        "first (T). With nothing in flight a batch goes at once.",
+    )
     window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
     poll_interval_ms: int = _knob(
         10, "How often the daemon looks for events recorded by other processes."
@@ -132,6 +172,11 @@ class AgentConfig:
         168.0,
         "Acknowledged events older than this are pruned from the store (never unacknowledged "
         "ones); a count can be taken as of a pruned seq no longer. 0: prune once acknowledged.",
+    )
+    local_api: str = _knob(
+        "",
+        "Where the daemon serves its local API for producers: unix:PATH or a loopback "
+        "HOST:PORT, never a network address. Empty: no local API.",
     )
 
     def validate(self) -> AgentConfig:
@@ -159,6 +204,11 @@ class AgentConfig:
         _check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 3600)
         _check_range("keepalive_s", self.keepalive_s, 1, 3600)
         _check_range("retention_hours", self.retention_hours, 0, 87_600)
+        if self.local_api:
+            try:
+                check_local_address(self.local_api)
+            except ValueError as e:
+                raise ConfigError(f"local_api: {e}") from None
         _check_tls(self)
         return self
 

@@ -3,7 +3,7 @@
 Inside stocksync, code raises small domain exceptions (a malformed event, a
 gap in seqs, a full store). Each class names its :class:`Status` once, so an
 edge translates any of them with one table — gRPC status codes in
-``stocksync.hub.grpc_edge``, exit codes in the CLIs — and one kind of
+``stocksync.grpc_edge``, exit codes in the CLIs — and one kind of
 violation always gets one code, whichever call site saw it.
 
 The statuses are gRPC's own names, used for what grpc's status-code guide

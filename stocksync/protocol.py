@@ -345,8 +345,11 @@ class AgentSession:
 
         Nothing is sent before the Welcome, during a snapshot, when the
         window is full, or when every recorded event is already in flight.
-        A partial batch waits until ``linger`` seconds after its first event
-        was seen; :attr:`send_at` then says when to ask again.
+        With nothing in flight, what there is goes at once: waiting would
+        only add latency. While a batch is in flight, a partial one waits
+        until ``linger`` seconds after its first event was seen (or the ack,
+        whichever first), so a steady trickle travels in fuller batches;
+        :attr:`send_at` then says when to ask again.
 
         Args:
             high_seq: the highest recorded seq.
@@ -360,7 +363,7 @@ class AgentSession:
             return None
         limit = self.batch_limit
         size = min(high_seq - self.sent, room, limit)
-        if high_seq - self.sent < limit and self.linger > 0:
+        if high_seq - self.sent < limit and self.linger > 0 and self.in_flight > 0:
             if self._waiting_since is None:
                 self._waiting_since = now
             if now - self._waiting_since < self.linger:

@@ -175,3 +175,26 @@ def test_a_signal_stops_the_hub_and_agent(sig: signal.Signals) -> None:
         if bench.poll() is None:
             bench.kill()
             bench.wait(10)
+
+
+def test_reserve_bench_sells_out_exactly_and_compares_with_echo(tmp_path: Path) -> None:
+    from stocksync.tools import reserve_bench
+
+    figures = reserve_bench.run(callers=20, attempts=300, units=100, workdir=tmp_path)
+    assert figures["echo"]["codes"] == {"OK": 300}
+    assert figures["reserve"]["codes"] == {"OK": 100, "RESOURCE_EXHAUSTED": 200}
+    assert (figures["granted_units"], figures["held_at_hub"], figures["sellable_after"]) == (
+        100,
+        100,
+        0,
+    )
+    assert figures["oversold"] == 0 and figures["check"] == "ok"
+    assert figures["ratio"] > 0
+
+
+def test_room_latency_bench_times_every_event_at_every_watcher(tmp_path: Path) -> None:
+    from stocksync.tools import room_latency_bench
+
+    figures = room_latency_bench.run(watchers=3, events=30, rate=100, workdir=tmp_path)
+    assert figures["samples"] == 90
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]

@@ -369,26 +369,48 @@ def test_sent_range_must_continue_the_stream() -> None:
     assert agent.sent == 5
 
 
-def test_linger_holds_a_partial_batch_until_due() -> None:
+def test_with_nothing_in_flight_a_partial_batch_goes_at_once() -> None:
+    agent = AgentSession(window=100, max_batch=10, linger=0.5)
+    agent.hello(WH, EPOCH, high_seq=0, acked_seq=0)
+    agent.on_welcome(WelcomeInfo(0, False), acked_seq=0)
+    assert agent.next_batch(1, now=100.0) == (1, 1), "lingering would only add latency"
+    assert agent.send_at is None
+
+
+def test_linger_holds_a_partial_batch_while_one_is_in_flight() -> None:
     agent = AgentSession(window=100, max_batch=10, linger=0.5)
     agent.hello(WH, EPOCH, high_seq=3, acked_seq=0)
     agent.on_welcome(WelcomeInfo(0, False), acked_seq=0)
-    assert agent.next_batch(3, now=100.0) is None
+    assert send_next(agent, 3, now=100.0) == (1, 3)
+    assert agent.next_batch(4, now=100.0) is None, "one is in flight; more may come"
     assert agent.send_at == pytest.approx(100.5)
-    assert agent.next_batch(4, now=100.4) is None, "still lingering; more may come"
-    assert agent.send_at == pytest.approx(100.5), "the first event started the clock"
-    assert agent.next_batch(4, now=100.5) == (1, 4)
-    agent.on_sent(1, 4)
+    assert agent.next_batch(5, now=100.4) is None
+    assert agent.send_at == pytest.approx(100.5), "the first waiting event started the clock"
+    assert agent.next_batch(5, now=100.5) == (4, 5)
+    agent.on_sent(4, 5)
     assert agent.send_at is None
+    agent.on_ack(5)
+    assert agent.next_batch(6, now=100.6) == (6, 6), "nothing in flight again"
+
+
+def test_an_ack_releases_a_lingering_batch_before_it_is_due() -> None:
+    agent = AgentSession(window=100, max_batch=10, linger=5.0)
+    agent.hello(WH, EPOCH, high_seq=2, acked_seq=0)
+    agent.on_welcome(WelcomeInfo(0, False), acked_seq=0)
+    assert send_next(agent, 2, now=1.0) == (1, 2)
+    assert agent.next_batch(3, now=1.0) is None
+    agent.on_ack(2)
+    assert agent.next_batch(3, now=1.1) == (3, 3)
 
 
 def test_linger_sends_a_full_batch_at_once() -> None:
     agent = AgentSession(window=100, max_batch=10, linger=5.0)
-    agent.hello(WH, EPOCH, high_seq=0, acked_seq=0)
+    agent.hello(WH, EPOCH, high_seq=1, acked_seq=0)
     agent.on_welcome(WelcomeInfo(0, False), acked_seq=0)
+    assert send_next(agent, 1, now=1.0) == (1, 1)
     assert agent.next_batch(4, now=1.0) is None
-    assert agent.next_batch(10, now=1.1) == (1, 10)
-    agent.on_sent(1, 10)
+    assert agent.next_batch(11, now=1.1) == (2, 11)
+    agent.on_sent(2, 11)
     assert agent.send_at is None
 
 

@@ -22,7 +22,7 @@ import grpc
 import pytest
 from test_rooms import Stock
 
-from stocksync.hub.grpc_edge import DecodeGuard
+from stocksync.grpc_edge import DecodeGuard
 from stocksync.hub.room_service import RoomServicer, event_from_proto
 from stocksync.hub.rooms import (
     DisplayMode,

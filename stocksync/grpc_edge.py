@@ -1,5 +1,6 @@
-"""Where the hub's domain meets gRPC: one table from errors to status codes,
-requests that are not valid protobuf, and server reflection.
+"""Where the domain meets gRPC, for the hub and the agent's local API: one
+table from errors to status codes, requests that are not valid protobuf, and
+server reflection.
 
 - Every domain error (:class:`stocksync.errors.StocksyncError`) carries its
   :class:`~stocksync.errors.Status`; :func:`abort` sends it as the gRPC status
@@ -37,7 +38,7 @@ __all__ = [
     "guarded",
 ]
 
-log = logging.getLogger("stocksync.hub.grpc")
+log = logging.getLogger("stocksync.grpc")
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 

@@ -1,0 +1,259 @@
+"""Reserves on one hot SKU from many concurrent callers, against a plain
+grpc.aio unary echo, in one run.
+
+    python -m stocksync.tools.reserve_bench                  # 1,000 callers
+    python -m stocksync.tools.reserve_bench --callers 50 --attempts 2000 --json
+
+One run, over loopback:
+
+- **reserve**: a real hub (``stocksync-hub serve``, its own process, durable
+  SQLite store) holding ``--units`` of one SKU spread over three warehouses,
+  synced by three real agents; ``--callers`` concurrent callers send
+  ``Reserve`` (one unit, a fresh idempotency key each) until ``--attempts``
+  calls have been made. When the units run out the rest are refused
+  (``RESOURCE_EXHAUSTED``), as in a sell-out.
+- **echo**: the same callers, the same number of calls with the same request
+  bytes, against a bare grpc.aio unary method in a process of its own that
+  returns what it gets: what gRPC on this machine can do at best.
+
+Both are timed from the first call until every caller is done; the latency of
+each call is taken around the call. The callers share ``CHANNELS`` TCP
+connections, as a shop's checkout servers behind a few proxies would.
+Afterwards the hub's ``GetStock`` and ``stocksync-hub check`` say whether
+anything was oversold: granted units beyond the units there were (must be 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import grpc
+
+from stocksync.tools.procs import AgentChild, HubChild, command, wait_for
+from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
+
+__all__ = ["main", "run"]
+
+SKU = "HOT-LIP-01"
+WAREHOUSES = ("WH-LAX", "WH-FRA", "WH-CGK")
+CHANNELS = 10
+ECHO_METHOD = "/stocksync.bench.Echo/Echo"
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return 0.0
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+async def _callers(
+    target: str, method: str, callers: int, attempts: int, payload: bytes
+) -> dict[str, Any]:
+    """``callers`` tasks making ``attempts`` calls in all; figures of the run."""
+    channels = [grpc.aio.insecure_channel(target) for _ in range(CHANNELS)]
+    for ch in channels:
+        await ch.channel_ready()
+    calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
+        ch.unary_unary(method, request_serializer=None, response_deserializer=None)
+        for ch in channels
+    ]
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    left = attempts
+
+    async def caller(i: int) -> None:
+        nonlocal left
+        call = calls[i % len(calls)]
+        while left > 0:
+            left -= 1
+            key = f"k{left}".encode()
+            # Field 3 (idempotency_key) appended last: a fresh key each call.
+            request = payload + b"\x1a" + bytes([len(key)]) + key
+            started = time.perf_counter()
+            try:
+                await call(request)
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            latencies.append(time.perf_counter() - started)
+            codes[code] = codes.get(code, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller(i) for i in range(callers)))
+    elapsed = time.perf_counter() - started
+    for ch in channels:
+        await ch.close()
+    latencies.sort()
+    return {
+        "calls": len(latencies),
+        "elapsed_s": round(elapsed, 3),
+        "calls_per_s": round(len(latencies) / elapsed),
+        "p50_ms": round(_percentile(latencies, 0.50) * 1000, 2),
+        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "codes": codes,
+    }
+
+
+def _payload(room: str) -> bytes:
+    """A ReserveRequest for one unit of SKU in ``room``, without its key."""
+    request = inventory_pb2.ReserveRequest(room_id=room)
+    request.lines.add(sku=SKU, qty=1)
+    return request.SerializeToString()
+
+
+def _start_echo() -> tuple[subprocess.Popen[bytes], str]:
+    child = subprocess.Popen(
+        [sys.executable, "-m", "stocksync.tools.reserve_bench", "--echo-server"],
+        stdout=subprocess.PIPE,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline().decode().strip()
+    if not line.isdigit():
+        child.kill()
+        raise click.ClickException(f"the echo server failed to start: {line!r}")
+    return child, f"127.0.0.1:{line}"
+
+
+async def _echo_server() -> None:
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "stocksync.bench.Echo",
+        {"Echo": grpc.unary_unary_rpc_method_handler(echo)},
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def _stock(target: str) -> inventory_pb2.SkuSummary:
+    with grpc.insecure_channel(target) as ch:
+        stub = inventory_pb2_grpc.InventoryServiceStub(ch)
+        [stock] = stub.GetStock(inventory_pb2.GetStockRequest(skus=[SKU]), timeout=10).skus
+    summary: inventory_pb2.SkuSummary = stock
+    return summary
+
+
+def _seed(workdir: Path, units: int) -> list[Path]:
+    from stocksync.agent.store import AgentStore
+    from stocksync.events import Kind, NewEvent
+
+    dbs = []
+    for i, warehouse in enumerate(WAREHOUSES):
+        share = units // len(WAREHOUSES) + (1 if i < units % len(WAREHOUSES) else 0)
+        db = workdir / f"{warehouse.lower()}.db"
+        with AgentStore(db) as store:
+            store.claim(warehouse)
+            store.record(NewEvent(SKU, Kind.RECEIVE, share))
+        dbs.append(db)
+    return dbs
+
+
+def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any]:
+    """Echo, then reserve, with the same callers; the figures of both and the outcome."""
+    payload = _payload("live-bench")
+    echo_child, echo_target = _start_echo()
+    try:
+        echo = asyncio.run(_callers(echo_target, ECHO_METHOD, callers, attempts, payload))
+    finally:
+        echo_child.kill()
+        echo_child.wait()
+
+    dbs = _seed(workdir, units)
+    hub = HubChild(workdir / "hub.db", workdir / "hub.log")
+    agents: list[AgentChild] = []
+    try:
+        hub.wait_ready()
+        for warehouse, db in zip(WAREHOUSES, dbs, strict=True):
+            agents.append(AgentChild(warehouse, db, hub.target, workdir / f"{warehouse}.log"))
+        wait_for(lambda: _stock(hub.target).sellable == units, 60, "the hub to hold the units")
+        reserve = asyncio.run(
+            _callers(
+                hub.target,
+                "/stocksync.v1.InventoryService/Reserve",
+                callers,
+                attempts,
+                payload,
+            )
+        )
+        after = _stock(hub.target)
+        check = subprocess.run(
+            [*command("stocksync-hub"), "check", "--db", str(hub.db)],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        for a in agents:
+            a.stop()
+        hub.stop()
+    granted = reserve["codes"].get("OK", 0)
+    return {
+        "callers": callers,
+        "attempts": attempts,
+        "units": units,
+        "echo": echo,
+        "reserve": reserve,
+        "ratio": round(reserve["calls_per_s"] / echo["calls_per_s"], 2),
+        "granted_units": granted,
+        "held_at_hub": after.held,
+        "sellable_after": after.sellable,
+        "oversold": max(0, granted - units),
+        "check": "ok" if check.returncode == 0 else check.stdout.strip() or check.stderr.strip(),
+    }
+
+
+@click.command()
+@click.option("--callers", default=1000, show_default=True, help="Concurrent callers.")
+@click.option("--attempts", default=20_000, show_default=True, help="Reserve calls in all.")
+@click.option(
+    "--units",
+    default=10_000,
+    show_default=True,
+    help="Units of the hot SKU over three warehouses (fewer than attempts: it sells out).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.option("--echo-server", is_flag=True, hidden=True)
+def main(callers: int, attempts: int, units: int, as_json: bool, echo_server: bool) -> None:
+    """Reserve on one hot SKU with many callers, next to a plain unary echo."""
+    if echo_server:
+        asyncio.run(_echo_server())
+        return
+    with tempfile.TemporaryDirectory(prefix="reserve-bench-") as tmp:
+        figures = run(callers, attempts, units, Path(tmp))
+    if as_json:
+        click.echo(json.dumps(figures))
+        return
+    e, r = figures["echo"], figures["reserve"]
+    click.echo(
+        f"{callers} callers, {attempts} calls, {units} units of one SKU "
+        f"(machine: {os.cpu_count()} cores)"
+    )
+    click.echo(f"{'':10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}  codes")
+    for name, f in (("echo", e), ("reserve", r)):
+        click.echo(f"{name:10}{f['calls_per_s']:>10}{f['p50_ms']:>9}{f['p99_ms']:>9}  {f['codes']}")
+    click.echo(
+        f"reserve / echo: {figures['ratio']}; granted {figures['granted_units']} of "
+        f"{units} units; held at the hub {figures['held_at_hub']}; "
+        f"oversold {figures['oversold']}; check: {figures['check']}"
+    )
+    if figures["oversold"] or figures["check"] != "ok":
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
