@@ -28,6 +28,7 @@ from stocksync.hub.cli_client import client_options, json_option, query
 from stocksync.hub.cli_reservations import COMMANDS
 from stocksync.hub.rooms_cli import rooms
 from stocksync.hub.server import Hub, check_free, write_ready_file
+from stocksync.tls import TlsError
 from stocksync.v1 import inventory_pb2
 
 __all__ = ["client_options", "json_option", "main"]
@@ -93,7 +94,7 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
         hub = Hub(config)
     except StocksyncError as e:  # an unreadable or foreign database file
         raise click.ClickException(f"cannot open hub store {config.db}: {e}") from None
-    except TokenFileError as e:
+    except (TokenFileError, TlsError) as e:
         raise click.ClickException(str(e)) from None
 
     async def main_(stop: asyncio.Event) -> None:

@@ -48,7 +48,7 @@ from stocksync.hub.storage import HubStore
 from stocksync.hub.streams import StreamRegistry
 from stocksync.hub.sync_service import SyncServicer
 from stocksync.hub.writer import Writer
-from stocksync.tls import CertificateReloader, TlsError, TlsFiles
+from stocksync.tls import CertificateReloader, TlsFiles
 from stocksync.v1 import (
     inventory_pb2,
     inventory_pb2_grpc,
@@ -99,12 +99,23 @@ class Hub:
     Raises:
         StoreError: if ``config.db`` cannot be opened as a hub store.
         TokenFileError: if ``config.tokens_file`` cannot be used.
+        TlsError: if the TLS files cannot be used (a key that is not the
+            certificate's, a file that is not PEM).
     """
 
     def __init__(
         self, config: HubConfig, store: HubStore | None = None, clock: HubClock | None = None
     ) -> None:
         self.config = config
+        # Read before the store is opened (or created): a bad file changes nothing.
+        self.tokens = TokenFile(config.tokens_file) if config.tokens_file else None
+        self.certificates: CertificateReloader | None = None
+        self._token_certificates: CertificateReloader | None = None
+        if not config.insecure:
+            files = TlsFiles.from_config(config)
+            self.certificates = CertificateReloader(files)
+            if config.token_listen:
+                self._token_certificates = CertificateReloader(files, require_client_auth=False)
         self.store: HubStore = store or SqliteHubStore(config.db, config.synchronous)
         self.streams = StreamRegistry()
         self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-reads")
@@ -122,8 +133,7 @@ class Hub:
             default_ttl_ms=int(config.reservation_ttl_s * 1000),
             max_lines=config.max_reservation_lines,
         )
-        # Who may call (None: plaintext, everyone), and how much.
-        self.tokens = TokenFile(config.tokens_file) if config.tokens_file else None
+        # Who may call, and how much.
         self.admission = Admission(
             Limits(
                 max_streams_per_identity=config.max_streams_per_identity,
@@ -139,14 +149,12 @@ class Hub:
         self.port = 0
         self.http_port = 0
         self.token_port = 0
-        self.certificates: CertificateReloader | None = None
 
     async def start(self) -> int:
         """Bind and start serving; returns the bound port (useful with port 0).
 
         Raises:
-            RuntimeError: if an address cannot be bound, or the TLS files
-                cannot be used.
+            RuntimeError: if an address cannot be bound.
         """
         self.writer.start()
         await self.inventory.start()
@@ -232,15 +240,12 @@ class Hub:
                 _warn_if_exposed("http", config.http)
             self.port = _bind(server, config.listen, None)
             return
-        files = TlsFiles.from_config(config)
-        try:
-            self.certificates = CertificateReloader(files)
-            token_reloader = CertificateReloader(files, require_client_auth=False)
-        except TlsError as e:
-            raise RuntimeError(f"cannot use the TLS files: {e}") from None
+        assert self.certificates is not None  # read in __init__ unless insecure
         self.port = _bind(server, config.listen, self.certificates.credentials())
-        if config.token_listen:
-            self.token_port = _bind(server, config.token_listen, token_reloader.credentials())
+        if self._token_certificates is not None:
+            self.token_port = _bind(
+                server, config.token_listen, self._token_certificates.credentials()
+            )
         if config.http and self.tokens is None:
             log.warning(
                 "HTTP on %s takes room tokens, but no tokens_file is set: every request "

@@ -146,3 +146,20 @@ def test_certificates_tokens_and_scopes_from_the_command_line(tmp_path: Path) ->
         if agent is not None:
             assert agent.stop() == 0
         assert hub.stop() == 0
+
+
+def test_unusable_tls_or_tokens_files_stop_the_hub_before_it_creates_its_store(
+    tmp_path: Path,
+) -> None:
+    os.chdir(tmp_path)
+    ok(HUB, "certs", "init", "--ca-dir", "ca")
+    ok(HUB, "certs", "issue-hub", "localhost", "--ca-dir", "ca", "--out", "hub-tls")
+    ok(HUB, "certs", "issue-agent", "WH-LAX", "--ca-dir", "ca", "--out", "lax-tls")
+    Path("tokens.toml").write_text("[[token]]\nname = 'half")
+    serve = (HUB, "serve", "--db", "hub.db", "--listen", "127.0.0.1:0", "--tls", "hub-tls")
+    assert refused(*serve, "--tokens-file", "tokens.toml").startswith(
+        "Error: tokens file tokens.toml: not valid TOML"
+    )
+    Path("hub-tls/key.pem").write_bytes(Path("lax-tls/key.pem").read_bytes())
+    assert refused(*serve) == "Error: hub-tls/key.pem is not the key of hub-tls/cert.pem"
+    assert not Path("hub.db").exists()
