@@ -131,7 +131,9 @@ class AgentConfig:
     )
     window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
     poll_interval_ms: int = _knob(
-        10, "How often the daemon looks for events recorded by other processes."
+        250,
+        "How often the daemon looks for new events by itself. Recording wakes it at once "
+        "(on Linux); this is the fallback.",
     )
     ping_interval_s: float = _knob(5.0, "How often the agent reports its backlog to the hub.")
     backoff_initial_s: float = _knob(0.5, "First reconnect delay bound (full jitter).")
