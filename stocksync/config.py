@@ -141,8 +141,8 @@ class HubConfig:
     listen: str = _knob("127.0.0.1:50051", "HOST:PORT the gRPC server listens on.")
     http: str = _knob(
         "",
-        "HOST:PORT of the HTTP listener: rooms' Server-Sent Events and overlay pages "
-        "(and /metrics). Empty: no HTTP.",
+        "HOST:PORT of the HTTP listener: the shops' JSON API (/v1), rooms' Server-Sent "
+        "Events and overlay pages (and /metrics). Empty: no HTTP.",
     )
     db: str = _knob("stocksync-hub.db", "Path of the hub's SQLite store.")
     insecure: bool = _knob(False, "Serve plaintext. Only when explicitly asked for.")
