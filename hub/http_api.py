@@ -154,9 +154,13 @@ async def _body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, at most :data:`MAX_BODY_BYTES`."""
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise InvalidArgument(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
-    raw = await request.content.read(MAX_BODY_BYTES + 1)
-    if len(raw) > MAX_BODY_BYTES:
-        raise InvalidArgument(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():  # read() may stop at the first chunk
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise InvalidArgument(f"request body is larger than {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     if not raw.strip():
         return {}
     try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -346,3 +348,24 @@ def test_the_openapi_document_is_valid_and_names_exactly_the_routes(tmp_path: Pa
         if method in ("get", "post", "put", "patch", "delete")
     }
     assert asyncio.run(served()) == documented
+
+
+def test_a_body_sent_in_many_chunks_is_read_whole(stocked: HubProcess) -> None:
+    body = json.dumps({"lines": [{"sku": "CALM", "qty": 1}]}).encode()
+    padded = body[:-1] + b" " * 40_000 + b"}"
+
+    def pieces() -> Iterator[bytes]:
+        for i in range(0, len(padded), 4000):
+            yield padded[i : i + 4000]
+            time.sleep(0.02)  # so the hub gets the body in several reads
+
+    request = urllib.request.Request(
+        base(stocked) + "/v1/reservations",
+        data=pieces(),  # an iterable: urllib sends it chunked, piece by piece
+        method="POST",
+        headers={"Idempotency-Key": "chunked-1", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        held = json.loads(response.read())
+    assert (response.status, held["status"], held["lines"][0]["qty"]) == (201, "HELD", 1)
+    http("POST", f"{base(stocked)}/v1/reservations/{held['id']}/release")
