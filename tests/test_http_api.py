@@ -2,7 +2,8 @@
 
 - a whole checkout: stock, reserve (idempotent), commit, the pick at a real
   agent, the SHIP naming the reservation, settled; every answer matches the
-  OpenAPI document and what the CLI's ``--json`` prints;
+  OpenAPI document and what the CLI's ``--json`` prints, and the shop's
+  receiver hears ``reservation.committed`` then ``reservation.shipped``;
 - every bad input of the gRPC tests gets, over HTTP, the same status (by
   the one table), the same detail, and leaves the same table dump; inputs
   only JSON can get wrong are refused with a problem document too;
@@ -26,6 +27,7 @@ from conftest import AGENT, HUB, AgentProcess, HubProcess, dump_hub, run_cli, wa
 from openapi_spec_validator import validate
 from shop_http import OPENAPI, base, conforms, http, problem, start_hub
 from test_reservations_grpc import BAD, stock_warehouse
+from webhook_receiver import Receiver
 
 from stocksync.agent.store import AgentStore
 from stocksync.config import HubConfig
@@ -34,6 +36,8 @@ from stocksync.events import Kind, NewEvent
 from stocksync.hub.http import HTTP_STATUS
 from stocksync.hub.server import Hub
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
+
+SECRET = "whsec_0f5d6c3b2a194e87"
 
 
 def cli(hub: HubProcess, *args: str) -> Any:
@@ -49,7 +53,12 @@ def without_last_seen(stock: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_a_whole_checkout_over_http(tmp_path: Path) -> None:
-    h = start_hub(tmp_path)
+    receiver = Receiver().start()
+    h = start_hub(
+        tmp_path,
+        f'[[webhooks]]\nname = "shop"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\n'
+        'events = ["reservation.committed", "reservation.shipped"]\n',
+    )
     db = tmp_path / "lax.db"
     with AgentStore(db) as store:
         store.claim("WH-LAX")
@@ -122,9 +131,17 @@ def test_a_whole_checkout_over_http(tmp_path: Path) -> None:
         assert status == 409 and "settled" in body["detail"]
         status, _, listed = http("GET", f"{url}/v1/conflicts")
         assert (status, listed) == (200, {"conflicts": []})
+        # The shop heard of the payment and of the parcel leaving, in that order.
+        told = wait_until(lambda: len(receiver.events()) == 2 and receiver.events(), 60, "webhooks")
+        assert [e["type"] for e in told] == ["reservation.committed", "reservation.shipped"]
+        assert told[0]["data"]["reservation"] == paid
+        assert told[1]["data"]["shipped"] == [{"sku": "LIP", "warehouse": "WH-LAX", "qty": 2}]
+        assert told[1]["data"]["reservation"] == settled
+        assert all(r.signed_by(SECRET) for r in receiver.received)
     finally:
         agent.kill()
         h.kill()
+        receiver.close()
     assert run_cli(HUB, "check", "--db", str(h.db)).returncode == 0
 
 
