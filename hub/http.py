@@ -40,9 +40,11 @@ from stocksync.hub.rooms import (
 __all__ = [
     "HEARTBEAT_S",
     "HTTP_STATUS",
+    "MAX_REQUEST_LINE",
     "RECONNECT_MS",
     "ROOMS",
     "HttpServer",
+    "authorize",
     "make_app",
     "sse_frame",
 ]
@@ -70,7 +72,25 @@ HTTP_STATUS = {
 }
 """The HTTP status of each domain error status."""
 
+MAX_REQUEST_LINE = 80 * 1024
+"""Longest request line (aiohttp's default is 8 KiB): ``GET /v1/stock`` may
+name 1,000 SKUs of up to 64 characters, as gRPC's GetStock may."""
+
 ROOMS = web.AppKey("rooms", RoomHub)
+
+
+def authorize(request: web.Request, scope: str | None) -> None:
+    """The one gate every JSON API route (``/v1``) passes before it acts.
+
+    ``scope`` is what the route needs (``inventory:read``,
+    ``inventory:reserve`` or ``admin``, as in :mod:`stocksync.auth`; None for
+    public documents). Today every caller is allowed: the hub's behaviour
+    with ``--insecure``. The caller's credentials are checked here and
+    nowhere else.
+
+    Raises:
+        StocksyncError: to refuse the call (its status picks the HTTP status).
+    """
 
 
 @dataclass
@@ -130,7 +150,12 @@ class HttpServer:
         self, app: web.Application, host: str, port: int, shutdown_timeout: float = 5.0
     ) -> None:
         # No access log: a line per overlay viewer would drown the hub's own.
-        self.runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+        self.runner = web.AppRunner(
+            app,
+            shutdown_timeout=shutdown_timeout,
+            access_log=None,
+            max_line_size=MAX_REQUEST_LINE,
+        )
         self.host = host
         self.port = port
 

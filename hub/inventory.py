@@ -36,6 +36,7 @@ from stocksync.hub.ledger import (
     PickCommand,
     Reservation,
 )
+from stocksync.hub.notices import Notices
 from stocksync.hub.stock import Allocator, Freshness, SkuStock, StalenessPolicy, StockBook
 from stocksync.hub.storage import Applied, HubStore, Source, SourceRetired, WatermarkMoved
 from stocksync.hub.writer import Writer
@@ -103,6 +104,9 @@ class Inventory:
         self._saved_hub_time = 0
         self._timer: asyncio.Future[None] | None = None
         self._reloading: asyncio.Future[None] | None = None
+        self.notices: Notices | None = None
+        """Set before :meth:`start` when webhooks are configured: the events
+        each change makes go to the outbox in the change's own transaction."""
         writer.on_halt = self._on_halt
 
     # -- start, stop, recover ------------------------------------------------------
@@ -160,6 +164,8 @@ class Inventory:
                             book.add_committed(warehouse, line.sku, open_units)
         ledger = Ledger(book, _ids(), self.allocator, self.default_ttl_ms)
         ledger.restore(state.reservations, state.picks, state.conflicts, state.next_conflict_id)
+        if self.notices is not None:
+            self.notices.restore(state.reservations, state.next_conflict_id - 1)
         self.ledger = ledger
         self._current = {w: s.source_id for w, s in sources.items()}
         self._accepted = {s.source_id: s.watermark for s in sources.values()}
@@ -196,8 +202,13 @@ class Inventory:
         self, changes: Changes | None, origin: float, extra: Any = None
     ) -> asyncio.Future[Any]:
         """Queue ``changes`` (and ``extra``, a command run first); notify once durable."""
-
-        if not changes and extra is None:
+        notices = self.notices
+        events = (
+            notices.derive(changes, self.clock.now_ms(), self.clock.unix_ms())
+            if notices is not None and changes is not None
+            else []
+        )
+        if not changes and extra is None and not events:
             # Nothing to save (staleness, say): tell listeners now.
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result(None)
@@ -209,9 +220,15 @@ class Inventory:
             result = extra(tx) if extra is not None else None
             if changes:
                 tx.save_changes(changes)
+            if events:
+                tx.add_webhook_events(events)
             return result
 
         future = self.writer.submit(command)
+        if events and notices is not None:
+            future.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() else notices.durable(events)
+            )
         if changes is not None:
             future.add_done_callback(lambda f: self._after(f, changes, origin))
         return future
