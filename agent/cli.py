@@ -22,6 +22,7 @@ from stocksync.agent.link import AgentLink
 from stocksync.agent.lock import DaemonLock
 from stocksync.agent.salvage import salvage as salvage_store
 from stocksync.agent.store import AgentStore, StoreError, parse_events_csv, status_info
+from stocksync.agent.wake import WakeListener
 from stocksync.cli_common import (
     config_option,
     load_config,
@@ -264,6 +265,8 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
 
     async def main_(stop: asyncio.Event) -> None:
         link = AgentLink(config, store)
+        wakes = WakeListener(config.db, link.wake)
+        wakes.start()
         api = None
         if config.local_api:
             from stocksync.agent.local_api import LocalApi, LocalApiError
@@ -281,6 +284,7 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
         finally:
             if api is not None:
                 await api.stop()  # before the link: what it recorded is sent on the next run
+            wakes.stop()
         link.stop()
         await task
 

@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 import sqlite_utils
 from uuid6 import uuid7
 
+from stocksync.agent.wake import notify
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow, InvalidEvent, Kind, NewEvent, plain_delta, validate_new_event
 from stocksync.sqlite import (
@@ -466,6 +467,8 @@ class AgentStore:
                 seqs.append(high)
                 if on_progress is not None and i % 1000 == 0:
                     on_progress(i)
+        if seqs:
+            notify(self.path)  # the daemon sends them now, not at its next poll
         if on_progress is not None:
             on_progress(len(seqs))
         return seqs

@@ -129,7 +129,8 @@ RULES: dict[str, Rule] = {
     _INVENTORY + "Reserve": _RESERVE,
     _INVENTORY + "Commit": _RESERVE,
     _INVENTORY + "Release": _RESERVE,
-    _INVENTORY + "GetReservation": _RESERVE,
+    # The shop that holds it, or a read-only caller showing an order's status.
+    _INVENTORY + "GetReservation": Rule(Caller.CLIENT, (INVENTORY_RESERVE, INVENTORY_READ)),
     # A quota sets stock aside from every other channel: an operator's call.
     _INVENTORY + "SetQuota": _ADMIN,
     _INVENTORY + "ReleaseQuota": _ADMIN,
@@ -145,6 +146,10 @@ RULES: dict[str, Rule] = {
     ),
     # Lists only the rooms the caller may see (the room service filters).
     _ROOMS + "ListRooms": Rule(Caller.CLIENT, (ROOMS_WATCH, ROOMS_HOST)),
+    # Webhook deliveries name every subscriber's URL: an operator's view.
+    "/stocksync.v1.WebhookService/ListDeliveries": _ADMIN,
+    "/stocksync.v1.WebhookService/SendTest": _ADMIN,
+    "/stocksync.v1.WebhookService/Replay": _ADMIN,
     # Load balancers and supervisors ask without credentials; the answer
     # says only whether the hub serves.
     "/grpc.health.v1.Health/Check": Rule(Caller.PUBLIC),

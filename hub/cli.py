@@ -28,6 +28,7 @@ from stocksync.hub.cli_client import client_options, json_option, query
 from stocksync.hub.cli_reservations import COMMANDS
 from stocksync.hub.rooms_cli import rooms
 from stocksync.hub.server import Hub, check_free, write_ready_file
+from stocksync.hub.webhooks_cli import webhooks
 from stocksync.tls import TlsError
 from stocksync.v1 import inventory_pb2
 
@@ -285,6 +286,7 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
 for _command in COMMANDS:
     main.add_command(_command)
 main.add_command(rooms)
+main.add_command(webhooks)
 main.add_command(certs)
 main.add_command(tokens)
 

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from stocksync.auth import ROOMS_WATCH
 from stocksync.errors import Status, StocksyncError
-from stocksync.hub.http_auth import HTTP_AUTH, HttpAuth, authorize, hold_stream
+from stocksync.hub.http_auth import HTTP_AUTH, HttpAuth, authorize, challenge, open_stream
 from stocksync.hub.rooms import (
     Position,
     RoomEvent,
@@ -46,9 +46,11 @@ from stocksync.hub.rooms import (
 __all__ = [
     "HEARTBEAT_S",
     "HTTP_STATUS",
+    "MAX_REQUEST_LINE",
     "RECONNECT_MS",
     "ROOMS",
     "HttpServer",
+    "authorize",
     "make_app",
     "sse_frame",
 ]
@@ -76,6 +78,10 @@ HTTP_STATUS = {
     Status.INTERNAL: 500,
 }
 """The HTTP status of each domain error status."""
+
+MAX_REQUEST_LINE = 80 * 1024
+"""Longest request line (aiohttp's default is 8 KiB): ``GET /v1/stock`` may
+name 1,000 SKUs of up to 64 characters, as gRPC's GetStock may."""
 
 ROOMS = web.AppKey("rooms", RoomHub)
 
@@ -141,7 +147,12 @@ class HttpServer:
         self, app: web.Application, host: str, port: int, shutdown_timeout: float = 5.0
     ) -> None:
         # No access log: a line per overlay viewer would drown the hub's own.
-        self.runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
+        self.runner = web.AppRunner(
+            app,
+            shutdown_timeout=shutdown_timeout,
+            access_log=None,
+            max_line_size=MAX_REQUEST_LINE,
+        )
         self.host = host
         self.port = port
 
@@ -167,7 +178,9 @@ class HttpServer:
 
 
 def _refusal(error: StocksyncError) -> web.Response:
-    return web.json_response({"error": error.detail}, status=HTTP_STATUS[error.status])
+    return web.json_response(
+        {"error": error.detail}, status=HTTP_STATUS[error.status], headers=challenge(error)
+    )
 
 
 def sse_frame(event: RoomEvent) -> bytes:
@@ -183,12 +196,15 @@ async def room_events(request: web.Request) -> web.StreamResponse:
     last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id", "")
     try:
         room = validate_room_id(request.match_info["room"])
-        identity = authorize(request, ROOMS_WATCH, room)
+        identity = authorize(request, ROOMS_WATCH, room=room)
         start = Position.parse(last, "Last-Event-ID") if last else None
+        ticket = open_stream(request, identity)
     except StocksyncError as e:
         return _refusal(e)
-    with hold_stream(request, identity):
+    try:
         return await _stream_room(request, rooms, room, start)
+    finally:
+        ticket.close()
 
 
 async def _stream_room(
@@ -238,7 +254,7 @@ async def room_overlay(request: web.Request) -> web.Response:
     """``GET /rooms/{room}/overlay``: the overlay page (it reads the room
     from its own URL, so it loads before the room starts)."""
     try:
-        authorize(request, ROOMS_WATCH, validate_room_id(request.match_info["room"]))
+        authorize(request, ROOMS_WATCH, room=validate_room_id(request.match_info["room"]))
     except StocksyncError as e:
         return _refusal(e)
     return web.Response(

@@ -2,11 +2,14 @@
 
 ::
 
+    async def get_stock(request: web.Request) -> web.Response:
+        authorize(request, INVENTORY_READ)                 # refuses: 401 / 403 / 429
+        ...
+
     async def room_events(request: web.Request) -> web.StreamResponse:
-        room = request.match_info["room"]
-        identity = authorize(request, ROOMS_WATCH, room)      # 401 / 403 / 429
-        with hold_stream(request, identity):                  # 429 past the watcher quota
-            ...
+        identity = authorize(request, ROOMS_WATCH, room=room)
+        ticket = open_stream(request, identity)            # 429 past the watcher quota
+        try: ... finally: ticket.close()
 
 HTTP callers carry a bearer token (a client certificate is a gRPC affair):
 in the ``Authorization: Bearer sst_…`` header, or as ``?token=sst_…`` for
@@ -15,33 +18,34 @@ token in the URL ends up in proxies' logs and browser history: give such
 clients a token limited to one room's ``rooms:watch``, which shows only
 what the room's stream shows anyway.
 
-The rules are those of :mod:`stocksync.hub.access`; a refusal is a JSON
-``{"error": detail}`` with 401 (with ``WWW-Authenticate: Bearer``), 403 or
-429. A hub serving plaintext (``insecure``) lets every request through.
+The scopes and their meaning are those of :mod:`stocksync.hub.access`;
+a refusal is a domain error (:class:`~stocksync.hub.access.NotAuthenticated`,
+``NotAllowed``, ``OverLimit``) that the route answers like any other, by
+its status: 401 (with :func:`challenge` headers), 403 or 429. A hub serving
+plaintext (``insecure``) lets every request through.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from stocksync.auth import ROOMS_HOST, ROOMS_WATCH, AuthError, Identity, TokenFile, TokenTable
-from stocksync.errors import StocksyncError
+from stocksync.errors import Status, StocksyncError
 from stocksync.hub.access import (
     Admission,
     Caller,
     Limits,
+    NotAuthenticated,
     Rule,
     StreamKind,
+    Ticket,
     auth_error,
 )
 from stocksync.hub.access import authorize as authorize_rule
 
-__all__ = ["HTTP_AUTH", "HttpAuth", "authorize", "hold_stream"]
+__all__ = ["HTTP_AUTH", "HttpAuth", "authorize", "challenge", "open_stream"]
 
 
 @dataclass
@@ -68,82 +72,68 @@ class HttpAuth:
 HTTP_AUTH = web.AppKey("http_auth", HttpAuth)
 
 
-_REFUSALS: dict[str, type[web.HTTPException]] = {
-    "UNAUTHENTICATED": web.HTTPUnauthorized,
-    "PERMISSION_DENIED": web.HTTPForbidden,
-    "RESOURCE_EXHAUSTED": web.HTTPTooManyRequests,
-}
-
-
-def _http_error(error: StocksyncError) -> web.HTTPException:
-    """The HTTP refusal of an access error: 401 (saying how to authenticate), 403 or 429."""
-    cls = _REFUSALS[error.status.name]
-    headers = (
-        {"WWW-Authenticate": 'Bearer realm="stocksync"'} if cls is web.HTTPUnauthorized else None
-    )
-    body = json.dumps({"error": error.detail})
-    return cls(text=body, content_type="application/json", headers=headers)
+def challenge(error: StocksyncError) -> dict[str, str]:
+    """Headers a refusal carries: how to authenticate, on a 401 (RFC 6750 §3)."""
+    if error.status is Status.UNAUTHENTICATED:
+        return {"WWW-Authenticate": 'Bearer realm="stocksync"'}
+    return {}
 
 
 def _identify(request: web.Request, tokens: TokenTable | None) -> Identity:
     header = request.headers.get("Authorization")
     query = request.query.get("token")
     if header is None and query is None:
-        return Identity(kind="anonymous", name="anonymous")
+        raise NotAuthenticated(
+            "no credential: send a bearer token (Authorization: Bearer sst_…, or ?token=sst_…)"
+        )
     if tokens is None:
-        raise auth_error(AuthError("this hub accepts no bearer tokens (no tokens_file)"))
+        raise NotAuthenticated("this hub accepts no bearer tokens (no tokens_file)")
     try:
         return tokens.identify(header if header is not None else f"Bearer {query}")
     except AuthError as e:
         raise auth_error(e) from None
 
 
-def authorize(request: web.Request, scope: str, room: str | None = None) -> Identity | None:
-    """The caller of ``request``, if it holds ``scope`` (for ``room``); else raise its refusal.
+def authorize(
+    request: web.Request, *scopes: str | None, room: str | None = None
+) -> Identity | None:
+    """The caller of ``request``, if it holds one of ``scopes`` (for ``room``).
 
-    Counts the request against the caller's rate. For ``rooms:watch``, a
-    ``rooms:host`` for the room serves as well.
+    Counts the request against the caller's rate. ``rooms:watch`` is also
+    granted by ``rooms:host`` for the room; ``admin`` grants everything.
 
     Args:
         request: the HTTP request.
-        scope: one of :data:`stocksync.auth.SCOPES`.
+        scopes: what the route needs, any one of them (from
+            :data:`stocksync.auth.SCOPES`); none, or None: a public route.
         room: the room the route is about, for a room scope.
 
     Returns:
-        The identity, or None on a hub without authentication.
+        The identity; None for a public route or a hub without authentication.
 
     Raises:
-        web.HTTPUnauthorized: no token, or a wrong one (401).
-        web.HTTPForbidden: the token lacks the scope for this room (403).
-        web.HTTPTooManyRequests: the caller is over its request rate (429).
+        NotAuthenticated: no token, or a wrong one (401).
+        NotAllowed: the token lacks the scope, for this room (403).
+        OverLimit: the caller is over its request rate (429).
     """
     auth = request.app[HTTP_AUTH]
-    if auth.open:
+    wanted = tuple(s for s in scopes if s is not None)
+    if auth.open or not wanted:
         return None
-    scopes = (ROOMS_WATCH, ROOMS_HOST) if scope == ROOMS_WATCH else (scope,)
-    rule = Rule(Caller.CLIENT, scopes, room_field="room" if room is not None else None)
-    try:
-        identity = _identify(request, auth.tokens.table() if auth.tokens else None)
-        authorize_rule(identity, rule, room)
-        auth.admission.request(identity)
-    except StocksyncError as e:
-        raise _http_error(e) from None
+    if ROOMS_WATCH in wanted and ROOMS_HOST not in wanted:
+        wanted += (ROOMS_HOST,)
+    rule = Rule(Caller.CLIENT, wanted, room_field="room" if room is not None else None)
+    identity = _identify(request, auth.tokens.table() if auth.tokens else None)
+    authorize_rule(identity, rule, room)
+    auth.admission.request(identity)
     return identity
 
 
-@contextlib.contextmanager
-def hold_stream(request: web.Request, identity: Identity | None) -> Iterator[None]:
-    """Hold one of ``identity``'s watcher places while a streaming response runs.
+def open_stream(request: web.Request, identity: Identity | None) -> Ticket:
+    """Take one of ``identity``'s watcher places for a streaming response;
+    close the ticket when the stream ends.
 
     Raises:
-        web.HTTPTooManyRequests: the caller holds ``max_watchers_per_identity`` already.
+        OverLimit: the caller holds ``max_watchers_per_identity`` already (429).
     """
-    auth = request.app[HTTP_AUTH]
-    try:
-        ticket = auth.admission.open(identity, StreamKind.WATCHER)
-    except StocksyncError as e:
-        raise _http_error(e) from None
-    try:
-        yield
-    finally:
-        ticket.close()
+    return request.app[HTTP_AUTH].admission.open(identity, StreamKind.WATCHER)

@@ -37,11 +37,12 @@ from stocksync.hub.ledger import (
     PickCommand,
     Reservation,
 )
+from stocksync.hub.notices import Notices
 from stocksync.hub.stock import Allocator, Freshness, SkuStock, StalenessPolicy, StockBook
 from stocksync.hub.storage import Applied, HubStore, Source, SourceRetired, WatermarkMoved
 from stocksync.hub.writer import Writer
 
-__all__ = ["TICK_S", "Inventory"]
+__all__ = ["MAX_QUERY_SKUS", "TICK_S", "Inventory"]
 
 log = logging.getLogger("stocksync.hub.inventory")
 
@@ -51,6 +52,8 @@ TICK_S = 0.25
 """How often expiries and warehouse staleness are checked."""
 HUB_TIME_SAVE_MS = 1000
 """How often the hub's clock is saved (what a kill -9 can add to a TTL)."""
+MAX_QUERY_SKUS = 1000
+"""Most SKUs one stock query may name, by default (``max_query_skus``)."""
 
 StockListener = Callable[[Collection[str] | None, float], None]
 """Called with the SKUs whose sellable may have changed (None: any) and the
@@ -75,6 +78,8 @@ class Inventory:
         allocator: which warehouses ship a committed line (default: most available).
         default_ttl_ms: how long a held reservation lasts when Reserve gives no ttl.
         max_lines: most lines in one reservation (``max_reservation_lines``).
+        max_query_skus: most SKUs one stock query may name (``max_query_skus``);
+            :mod:`stocksync.hub.inventory_calls` holds every face to it.
     """
 
     def __init__(
@@ -87,9 +92,11 @@ class Inventory:
         allocator: Allocator | None = None,
         default_ttl_ms: int = DEFAULT_TTL_MS,
         max_lines: int = MAX_LINES,
+        max_query_skus: int = MAX_QUERY_SKUS,
     ) -> None:
         self.store = store
         self.max_lines = max_lines
+        self.max_query_skus = max_query_skus
         self.writer = writer
         self.reads = reads
         self.clock = clock or HubClock()
@@ -107,6 +114,9 @@ class Inventory:
         self._saved_hub_time = 0
         self._timer: asyncio.Future[None] | None = None
         self._reloading: asyncio.Future[None] | None = None
+        self.notices: Notices | None = None
+        """Set before :meth:`start` when webhooks are configured: the events
+        each change makes go to the outbox in the change's own transaction."""
         writer.on_halt = self._on_halt
 
     # -- start, stop, recover ------------------------------------------------------
@@ -164,6 +174,8 @@ class Inventory:
                             book.add_committed(warehouse, line.sku, open_units)
         ledger = Ledger(book, _ids(), self.allocator, self.default_ttl_ms, self.max_lines)
         ledger.restore(state.reservations, state.picks, state.conflicts, state.next_conflict_id)
+        if self.notices is not None:
+            self.notices.restore(state.reservations, state.next_conflict_id - 1)
         self.ledger = ledger
         self._current = {w: s.source_id for w, s in sources.items()}
         self._accepted = {s.source_id: s.watermark for s in sources.values()}
@@ -200,8 +212,13 @@ class Inventory:
         self, changes: Changes | None, origin: float, extra: Any = None
     ) -> asyncio.Future[Any]:
         """Queue ``changes`` (and ``extra``, a command run first); notify once durable."""
-
-        if not changes and extra is None:
+        notices = self.notices
+        events = (
+            notices.derive(changes, self.clock.now_ms(), self.clock.unix_ms())
+            if notices is not None and changes is not None
+            else []
+        )
+        if not changes and extra is None and not events:
             # Nothing to save (staleness, say): tell listeners now.
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.set_result(None)
@@ -213,9 +230,15 @@ class Inventory:
             result = extra(tx) if extra is not None else None
             if changes:
                 tx.save_changes(changes)
+            if events:
+                tx.add_webhook_events(events)
             return result
 
         future = self.writer.submit(command)
+        if events and notices is not None:
+            future.add_done_callback(
+                lambda f: None if f.cancelled() or f.exception() else notices.durable(events)
+            )
         if changes is not None:
             future.add_done_callback(lambda f: self._after(f, changes, origin))
         return future

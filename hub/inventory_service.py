@@ -1,7 +1,8 @@
 """The gRPC adapter for stock and reservations (``InventoryService``).
 
-Every call goes to the :class:`~stocksync.hub.inventory.Inventory`, which the
-JSON API shares; this module only translates messages, and every refusal is
+Every call goes through :mod:`stocksync.hub.inventory_calls` to the
+:class:`~stocksync.hub.inventory.Inventory`, which the JSON API shares; this
+module only translates messages, and every refusal is
 a domain error that :func:`~stocksync.grpc_edge.guarded` turns into its
 status.
 """
@@ -16,10 +17,11 @@ from typing import Any, TypeVar
 import grpc
 
 from stocksync.errors import InvalidArgument
-from stocksync.events import InvalidEvent, validate_sku
 from stocksync.grpc_edge import guarded
+from stocksync.hub import inventory_calls as calls
 from stocksync.hub.inventory import Inventory
-from stocksync.hub.ledger import Conflict, Reservation, State, validate_room
+from stocksync.hub.inventory_calls import MAX_CONFLICTS, MAX_QUERY_SKUS, check_skus
+from stocksync.hub.ledger import Conflict, Reservation, State
 from stocksync.hub.stock import Freshness, SkuStock
 from stocksync.hub.storage import HubStore
 from stocksync.hub.streams import StreamRegistry
@@ -35,11 +37,6 @@ __all__ = [
     "sku_message",
 ]
 
-MAX_QUERY_SKUS = 1000
-"""Most SKUs one GetStock may ask for, by default (``max_query_skus``)."""
-MAX_CONFLICTS = 10_000
-"""Most conflicts one ListConflicts returns."""
-
 T = TypeVar("T")
 
 _FRESHNESS = {
@@ -54,23 +51,6 @@ _STATUS = {
     "RELEASED": inventory_pb2.RESERVATION_STATUS_RELEASED,
     "AT_RISK": inventory_pb2.RESERVATION_STATUS_AT_RISK,
 }
-
-
-def check_skus(skus: list[str], limit: int = MAX_QUERY_SKUS) -> list[str]:
-    """The SKUs of a query, each well-formed, at least one and at most ``limit``.
-
-    Raises:
-        InvalidEvent: naming the first problem.
-    """
-    if not skus:
-        raise InvalidEvent("name at least one SKU")
-    if len(skus) > limit:
-        raise InvalidEvent(
-            f"skus: at most {limit} SKUs per request, got {len(skus)} (max_query_skus)"
-        )
-    for sku in skus:
-        validate_sku(sku)
-    return skus
 
 
 def sku_message(view: SkuStock, hub_now_ms: int, unix_now_ms: int) -> inventory_pb2.SkuSummary:
@@ -152,18 +132,11 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         reads: the executor store reads run on.
         streams: the live agent streams.
         inventory: the hub's stock decisions.
-        max_query_skus: most SKUs one GetStock may name.
     """
 
     def __init__(
-        self,
-        store: HubStore,
-        reads: Executor,
-        streams: StreamRegistry,
-        inventory: Inventory,
-        max_query_skus: int = MAX_QUERY_SKUS,
+        self, store: HubStore, reads: Executor, streams: StreamRegistry, inventory: Inventory
     ) -> None:
-        self.max_query_skus = max_query_skus
         self.store = store
         self.reads = reads
         self.streams = streams
@@ -183,10 +156,8 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.GetStockResponse:
         """Sellable and the per-warehouse breakdown of each SKU."""
-        skus = check_skus(list(request.skus), self.max_query_skus)
-        room = validate_room(request.room_id) if request.room_id else ""
+        views = calls.stock(self.inventory, request.skus, request.room_id)
         hub_now, unix_now = self._now()
-        views = self.inventory.stock(skus, room)
         return inventory_pb2.GetStockResponse(
             skus=[sku_message(v, hub_now, unix_now) for v in views]
         )
@@ -233,11 +204,12 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.ReserveResponse:
         """Hold every line or none; answered once durable."""
-        reservation = await self.inventory.reserve(
+        reservation = await calls.reserve(
+            self.inventory,
             [(line.sku, line.qty) for line in request.lines],
             request.room_id,
             request.idempotency_key,
-            request.ttl_seconds * 1000 if request.ttl_seconds else None,
+            request.ttl_seconds,
         )
         return inventory_pb2.ReserveResponse(
             reservation=reservation_message(reservation, self._now()[0])
@@ -250,7 +222,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.CommitResponse:
         """Paid: allocate and send pick commands."""
-        reservation = await self.inventory.commit(_reservation_id(request.reservation_id))
+        reservation = await calls.commit(self.inventory, request.reservation_id)
         return inventory_pb2.CommitResponse(
             reservation=reservation_message(reservation, self._now()[0])
         )
@@ -262,7 +234,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.ReleaseResponse:
         """Cancel a reservation."""
-        reservation = await self.inventory.release(_reservation_id(request.reservation_id))
+        reservation = await calls.release(self.inventory, request.reservation_id)
         return inventory_pb2.ReleaseResponse(
             reservation=reservation_message(reservation, self._now()[0])
         )
@@ -274,7 +246,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.GetReservationResponse:
         """A reservation as it stands."""
-        reservation = self.inventory.reservation(_reservation_id(request.reservation_id))
+        reservation = calls.get_reservation(self.inventory, request.reservation_id)
         return inventory_pb2.GetReservationResponse(
             reservation=reservation_message(reservation, self._now()[0])
         )
@@ -318,9 +290,7 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> inventory_pb2.ListConflictsResponse:
         """Conflicts, newest first."""
-        if request.limit > MAX_CONFLICTS:
-            raise InvalidArgument(f"limit must be at most {MAX_CONFLICTS:,}, got {request.limit}")
-        conflicts = await self.inventory.conflicts(request.open_only, request.limit or 1000)
+        conflicts = await calls.conflicts(self.inventory, request.open_only, request.limit)
         return inventory_pb2.ListConflictsResponse(
             conflicts=[conflict_message(c) for c in conflicts]
         )
@@ -334,9 +304,3 @@ class InventoryServicer(inventory_pb2_grpc.InventoryServiceServicer):
         """Close an open conflict an operator handled."""
         await self.inventory.resolve_conflict(request.conflict_id)
         return inventory_pb2.ResolveConflictResponse()
-
-
-def _reservation_id(rid: str) -> str:
-    if not rid:
-        raise InvalidArgument("reservation_id is empty")
-    return rid

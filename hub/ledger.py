@@ -275,6 +275,8 @@ class Changes:
     """SKUs whose sellable may have changed (for rooms), not saved."""
     all_skus: bool = False
     """Every SKU may have changed (a warehouse went stale or offline)."""
+    freshness: dict[str, Freshness] = field(default_factory=dict)
+    """Warehouses whose freshness changed, to what (for webhooks), not saved."""
 
     def __bool__(self) -> bool:
         return bool(self.reservations or self.picks or self.quotas or self.safety or self.conflicts)
@@ -288,6 +290,7 @@ class Changes:
         self.conflicts.update(other.conflicts)
         self.skus |= other.skus
         self.all_skus = self.all_skus or other.all_skus
+        self.freshness.update(other.freshness)
         return self
 
 
@@ -708,6 +711,7 @@ class Ledger:
         for w, fresh in now.items():
             if warehouses.get(w, Freshness.FRESH) is not fresh:
                 changes.merge(self._recheck_warehouse(w, f"{w} is {fresh.value}", now_ms, unix_ms))
+                changes.freshness[w] = fresh
         return now, changes
 
     def _recheck_warehouse(self, warehouse: str, cause: str, now_ms: int, unix_ms: int) -> Changes:

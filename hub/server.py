@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from uuid6 import uuid7
 
 from stocksync.auth import TokenFile
 from stocksync.config import HubConfig
@@ -35,9 +37,11 @@ from stocksync.hub.access import Admission, Limits
 from stocksync.hub.clock import HubClock
 from stocksync.hub.grpc_gate import Gate
 from stocksync.hub.http import HttpServer, make_app
+from stocksync.hub.http_api import add_api
 from stocksync.hub.http_auth import HttpAuth
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer
+from stocksync.hub.notices import Notices
 from stocksync.hub.room_service import SERVICE_NAME as ROOM_SERVICE
 from stocksync.hub.room_service import RoomServicer
 from stocksync.hub.room_store import WriterRoomStore
@@ -47,6 +51,9 @@ from stocksync.hub.stock import StalenessPolicy
 from stocksync.hub.storage import HubStore
 from stocksync.hub.streams import StreamRegistry
 from stocksync.hub.sync_service import SyncServicer
+from stocksync.hub.webhook_delivery import WebhookDelivery
+from stocksync.hub.webhook_service import SERVICE_NAME as WEBHOOK_SERVICE
+from stocksync.hub.webhook_service import WebhookServicer
 from stocksync.hub.writer import Writer
 from stocksync.tls import CertificateReloader, TlsFiles
 from stocksync.v1 import (
@@ -55,6 +62,7 @@ from stocksync.v1 import (
     rooms_pb2_grpc,
     sync_pb2,
     sync_pb2_grpc,
+    webhooks_pb2_grpc,
 )
 from stocksync.wire import MAX_MESSAGE_BYTES
 
@@ -66,6 +74,7 @@ SERVICE_NAMES = (
     sync_pb2.DESCRIPTOR.services_by_name["SyncService"].full_name,
     inventory_pb2.DESCRIPTOR.services_by_name["InventoryService"].full_name,
     ROOM_SERVICE,
+    WEBHOOK_SERVICE,
 )
 """The stocksync services; each has a health status of its own."""
 
@@ -132,6 +141,7 @@ class Hub:
             ),
             default_ttl_ms=int(config.reservation_ttl_s * 1000),
             max_lines=config.max_reservation_lines,
+            max_query_skus=config.max_query_skus,
         )
         # Who may call, and how much.
         self.admission = Admission(
@@ -141,6 +151,20 @@ class Hub:
                 max_requests_per_s=config.max_requests_per_s,
                 request_burst=config.request_burst,
             )
+        )
+        notices = Notices(config.webhooks, (str(uuid7()) for _ in itertools.count()))
+        if config.webhooks:  # else no change is worth an outbox event
+            self.inventory.notices = notices
+        self.webhooks = WebhookDelivery(
+            config.webhooks,
+            self.store,
+            self.writer,
+            self.reads,
+            notices,
+            timeout_s=config.webhook_timeout_s,
+            backoff_initial_s=config.webhook_backoff_initial_s,
+            backoff_max_s=config.webhook_backoff_max_s,
+            retention_hours=config.webhook_retention_hours,
         )
         self.rooms: RoomHub | None = None
         self.http: HttpServer | None = None
@@ -158,6 +182,7 @@ class Hub:
         """
         self.writer.start()
         await self.inventory.start()
+        await self.webhooks.start()
         records = await asyncio.get_running_loop().run_in_executor(self.reads, self.store.rooms)
         self.rooms = rooms = RoomHub(
             self.inventory,
@@ -191,12 +216,14 @@ class Hub:
                 self.reads,
                 self.streams,
                 self.inventory,
-                max_query_skus=self.config.max_query_skus,
             ),
             server,
         )
         rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(
             RoomServicer(rooms, on_end=self.inventory.release_quota), server
+        )
+        webhooks_pb2_grpc.add_WebhookServiceServicer_to_server(
+            WebhookServicer(self.webhooks), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -205,7 +232,9 @@ class Hub:
         if self.config.http:
             host, _, port = self.config.http.rpartition(":")
             auth = None if self.config.insecure else HttpAuth(self.tokens, self.admission)
-            self.http = HttpServer(make_app(rooms, auth=auth), host.strip("[]"), int(port))
+            app = make_app(rooms, auth=auth)
+            add_api(app, self.inventory)
+            self.http = HttpServer(app, host.strip("[]"), int(port))
             try:
                 self.http_port = await self.http.start()
             except OSError as e:
@@ -268,6 +297,7 @@ class Hub:
             self.streams.closing.set()
             await self.server.stop(self.config.grace_s if grace is None else grace)
             self.server = None
+        await self.webhooks.stop()
         await self.inventory.stop()
         await self.writer.close()
         self.reads.shutdown(wait=True)

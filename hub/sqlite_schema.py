@@ -151,7 +151,33 @@ CREATE TABLE rooms (
 """Live rooms: the featured SKUs (a JSON list, in the host's order), the
 display policy, and whether the room has ended."""
 
-MIGRATIONS = (V1, V2, V3)
+V4 = """
+CREATE TABLE webhook_events (
+    id INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    reservation_id TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_unix_ms INTEGER NOT NULL
+);
+CREATE TABLE webhook_deliveries (
+    subscription TEXT NOT NULL,
+    event INTEGER NOT NULL REFERENCES webhook_events(id),
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_error TEXT NOT NULL,
+    last_attempt_unix_ms INTEGER NOT NULL,
+    delivered_unix_ms INTEGER NOT NULL,
+    PRIMARY KEY (subscription, event)
+) WITHOUT ROWID;
+CREATE INDEX webhook_pending ON webhook_deliveries (subscription, event) WHERE state = 'pending';
+"""
+"""The webhook outbox: each event once (its body exactly as sent, ordered by
+``id``), and one delivery per subscription that wants it, ``pending`` until
+the receiver answered 2xx, then ``delivered``. Events are written in the
+transaction of the change they report."""
+
+MIGRATIONS = (V1, V2, V3, V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -18,12 +18,15 @@ from pathlib import Path
 
 from stocksync.errors import IncidentLog
 from stocksync.events import EventRow
+from stocksync.hub import sqlite_webhooks
 from stocksync.hub.ledger import Changes, Conflict
+from stocksync.hub.notices import OutboxEvent
 from stocksync.hub.rooms import DisplayMode, DisplayPolicy, RoomRecord
 from stocksync.hub.sqlite_ledger import load_conflicts, load_ledger, save_changes
 from stocksync.hub.sqlite_schema import WrongFile, open_schema
 from stocksync.hub.storage import (
     Applied,
+    Delivery,
     LedgerState,
     Source,
     SourceRetired,
@@ -206,6 +209,18 @@ class SqliteHubStore:
             for room, featured, mode, low_threshold, ended in rows
         ]
 
+    def webhook_pending(self, subscription: str, limit: int) -> list[Delivery]:
+        """See :meth:`HubStore.webhook_pending`."""
+        with self._read_lock, self._errors("read"):
+            return sqlite_webhooks.pending(self._reader, subscription, limit)
+
+    def webhook_deliveries(
+        self, subscription: str | None = None, pending_only: bool = False, limit: int = 100
+    ) -> list[Delivery]:
+        """See :meth:`HubStore.webhook_deliveries`."""
+        with self._read_lock, self._errors("read"):
+            return sqlite_webhooks.deliveries(self._reader, subscription, pending_only, limit)
+
     def close(self) -> None:
         """Fold the write-ahead log into the database file, then close both
         connections (the file is then complete on its own, e.g. for a copy)."""
@@ -303,6 +318,26 @@ class _SqliteTx:
                     int(record.ended),
                 ),
             )
+
+    def add_webhook_events(self, events: Sequence[OutboxEvent]) -> None:
+        """See :meth:`WriteTx.add_webhook_events`."""
+        with self._store._errors("save"):
+            sqlite_webhooks.add_events(self._conn, events)
+
+    def webhook_attempted(self, subscription: str, event_id: str, error: str, unix_ms: int) -> None:
+        """See :meth:`WriteTx.webhook_attempted`."""
+        with self._store._errors("save"):
+            sqlite_webhooks.attempted(self._conn, subscription, event_id, error, unix_ms)
+
+    def replay_webhooks(self, from_event_id: str, subscriptions: Sequence[str]) -> int:
+        """See :meth:`WriteTx.replay_webhooks`."""
+        with self._store._errors("save"):
+            return sqlite_webhooks.replay(self._conn, from_event_id, subscriptions)
+
+    def prune_webhooks(self, before_unix_ms: int, limit: int) -> int:
+        """See :meth:`WriteTx.prune_webhooks`."""
+        with self._store._errors("save"):
+            return sqlite_webhooks.prune(self._conn, before_unix_ms, limit)
 
     def set_hub_time(self, hub_time_ms: int) -> None:
         """See :meth:`WriteTx.set_hub_time`."""

@@ -27,16 +27,19 @@ from typing import Protocol
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
 from stocksync.hub.ledger import Changes, Conflict, PickCommand, Reservation
+from stocksync.hub.notices import OutboxEvent
 from stocksync.hub.rooms import RoomRecord
 
 __all__ = [
     "Applied",
+    "Delivery",
     "HubStore",
     "LedgerState",
     "Source",
     "SourceRetired",
     "StoreError",
     "StoreFull",
+    "UnknownEvent",
     "WarehouseRecord",
     "WatermarkMoved",
     "WriteTx",
@@ -64,6 +67,31 @@ class SourceRetired(StoreError):
     """The (warehouse, epoch) was replaced by a newer store and may not write."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class UnknownEvent(StocksyncError):
+    """No webhook event by that id in the outbox."""
+
+    status = Status.NOT_FOUND
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One webhook event's delivery to one subscription."""
+
+    event_id: str
+    type: str
+    reservation_id: str
+    body: str
+    created_unix_ms: int
+    subscription: str
+    state: str
+    """``pending`` until the receiver answered 2xx, then ``delivered``."""
+    attempts: int
+    last_error: str
+    """Why the last attempt failed ("" if it did not)."""
+    last_attempt_unix_ms: int
+    delivered_unix_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +191,27 @@ class WriteTx(Protocol):
         """Insert or replace a live room's record."""
         ...
 
+    def add_webhook_events(self, events: Sequence[OutboxEvent]) -> None:
+        """Put ``events`` in the outbox, pending for each of their subscriptions."""
+        ...
+
+    def webhook_attempted(self, subscription: str, event_id: str, error: str, unix_ms: int) -> None:
+        """Record one delivery attempt; ``error`` "" means delivered."""
+        ...
+
+    def replay_webhooks(self, from_event_id: str, subscriptions: Sequence[str]) -> int:
+        """Make the deliveries of ``subscriptions`` from ``from_event_id`` on
+        pending again; returns how many had been delivered.
+
+        Raises:
+            UnknownEvent: no such event.
+        """
+        ...
+
+    def prune_webhooks(self, before_unix_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` fully delivered events older than ``before_unix_ms``."""
+        ...
+
 
 class HubStore(Protocol):
     """The hub's durable state: watermarks, the applied-event log, on_hand."""
@@ -198,6 +247,16 @@ class HubStore(Protocol):
 
     def rooms(self) -> list[RoomRecord]:
         """Every live room's record, ended ones included."""
+        ...
+
+    def webhook_pending(self, subscription: str, limit: int) -> list[Delivery]:
+        """The oldest ``limit`` pending deliveries of ``subscription``, in event order."""
+        ...
+
+    def webhook_deliveries(
+        self, subscription: str | None = None, pending_only: bool = False, limit: int = 100
+    ) -> list[Delivery]:
+        """Deliveries, newest event first (one subscription's, or all)."""
         ...
 
     def close(self) -> None:

@@ -35,7 +35,7 @@ def table() -> str:
     ]
     for program, cls in (("agent", AgentConfig), ("hub", HubConfig)):
         for f in dataclasses.fields(cls):
-            default = f.default
+            default = f.default if f.default is not dataclasses.MISSING else ""
             shown = str(default).lower() if isinstance(default, bool) else str(default)
             shown = f"`{shown}`" if shown else "(none)"
             lines.append(

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from stocksync.events import InvalidEvent, validate_warehouse
 from stocksync.sqlite import check_synchronous
+from stocksync.webhooks import WebhookSubscription, parse_subscriptions
 
 __all__ = [
     "AgentConfig",
@@ -161,7 +162,9 @@ class AgentConfig:
     )
     window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
     poll_interval_ms: int = _knob(
-        10, "How often the daemon looks for events recorded by other processes."
+        250,
+        "How often the daemon looks for new events by itself. Recording wakes it at once "
+        "(on Linux); this is the fallback.",
     )
     ping_interval_s: float = _knob(5.0, "How often the agent reports its backlog to the hub.")
     backoff_initial_s: float = _knob(0.5, "First reconnect delay bound (full jitter).")
@@ -220,8 +223,8 @@ class HubConfig:
     listen: str = _knob("127.0.0.1:50051", "HOST:PORT the gRPC server listens on.")
     http: str = _knob(
         "",
-        "HOST:PORT of the HTTP listener: rooms' Server-Sent Events and overlay pages "
-        "(and /metrics). Empty: no HTTP.",
+        "HOST:PORT of the HTTP listener: the shops' JSON API (/v1), rooms' Server-Sent "
+        "Events and overlay pages (and /metrics). Empty: no HTTP.",
     )
     db: str = _knob("stocksync-hub.db", "Path of the hub's SQLite store.")
     insecure: bool = _knob(False, "Serve plaintext. Only when explicitly asked for.")
@@ -291,6 +294,25 @@ class HubConfig:
     request_burst: int = _knob(
         2000, "Calls one certificate or token may make at once before max_requests_per_s applies."
     )
+    webhooks: list[WebhookSubscription] = field(
+        default_factory=list,
+        metadata={
+            "help": "Webhook subscriptions: TOML [[webhooks]] tables of url, events, secret "
+            "(and name); the environment takes the same as a JSON list."
+        },
+    )
+    webhook_timeout_s: float = _knob(10.0, "A webhook delivery not answered within this failed.")
+    webhook_backoff_initial_s: float = _knob(
+        1.0, "First retry delay bound of a failed webhook delivery (full jitter)."
+    )
+    webhook_backoff_max_s: float = _knob(
+        300.0,
+        "Retry delays of a failing webhook grow exponentially up to this cap: a receiver "
+        "that comes back gets everything within it.",
+    )
+    webhook_retention_hours: float = _knob(
+        168.0, "Delivered webhook events older than this are pruned (never undelivered ones)."
+    )
 
     def validate(self) -> HubConfig:
         """Check every field; returns self.
@@ -326,6 +348,11 @@ class HubConfig:
                 f"max_batch_events={self.max_batch_events} events of up to {MAX_EVENT_BYTES:,} "
                 f"bytes; raise it to {needed} or lower max_batch_events"
             )
+        _check_range("webhook_timeout_s", self.webhook_timeout_s, 0.1, 600)
+        _check_range("webhook_backoff_initial_s", self.webhook_backoff_initial_s, 0.01, 3600)
+        backoff_max = self.webhook_backoff_max_s
+        _check_range("webhook_backoff_max_s", backoff_max, self.webhook_backoff_initial_s, 3600)
+        _check_range("webhook_retention_hours", self.webhook_retention_hours, 0, 87_600)
         _check_tls(self)
         self._check_callers()
         return self
@@ -364,6 +391,11 @@ def env_name(cls: type[AgentConfig] | type[HubConfig], name: str) -> str:
 
 
 def _coerce(name: str, kind: type, value: Any, source: str) -> Any:
+    if kind is list:  # the only list setting: webhook subscriptions
+        try:
+            return parse_subscriptions(value)
+        except ValueError as e:
+            raise ConfigError(f"{name}: {e} (from {source})") from None
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -405,7 +437,8 @@ def load(
     env = os.environ if env is None else env
     types = {f.name: f.type for f in dataclasses.fields(cls)}
     kinds = {
-        n: {"str": str, "int": int, "float": float, "bool": bool}[str(t)] for n, t in types.items()
+        n: {"str": str, "int": int, "float": float, "bool": bool}.get(str(t), list)
+        for n, t in types.items()
     }
     values: dict[str, Any] = {}
     if config_file is not None:

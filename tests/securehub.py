@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime
 import http.client
+import json
 import queue
 import socket
 import sqlite3
@@ -319,10 +320,24 @@ def stock_warehouse(
 
 def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
     """The status of a GET (a stream's body is not read: its status is what counts)."""
+    return http_call(port, "GET", path, headers)[0]
+
+
+def http_call(
+    port: int,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: Any = None,
+) -> tuple[int, dict[str, str]]:
+    """The status and headers of one HTTP request (``body`` sent as JSON)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request("GET", path, headers=headers or {})
-        return conn.getresponse().status
+        payload = None if body is None else json.dumps(body)
+        sent = {**(headers or {}), **({"Content-Type": "application/json"} if payload else {})}
+        conn.request(method, path, body=payload, headers=sent)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders())
     finally:
         conn.close()
 

@@ -22,7 +22,7 @@ from stocksync.hub.access import (
     authorize,
     rule_for,
 )
-from stocksync.v1 import inventory_pb2, rooms_pb2, sync_pb2
+from stocksync.v1 import inventory_pb2, rooms_pb2, sync_pb2, webhooks_pb2
 
 ANON = Identity(kind="anonymous", name="anonymous")
 LAX = Identity.agent("WH-LAX")
@@ -39,6 +39,7 @@ def _methods() -> list[str]:
         (sync_pb2, "SyncService"),
         (inventory_pb2, "InventoryService"),
         (rooms_pb2, "LiveRoomService"),
+        (webhooks_pb2, "WebhookService"),
         (health_pb2, "Health"),
     ):
         descriptor = module.DESCRIPTOR.services_by_name[service]
@@ -95,6 +96,11 @@ HEALTH = "/grpc.health.v1.Health/Check"
         (READER, INV + "GetStock", None, "OK"),
         (READER, INV + "ListWarehouses", None, "OK"),
         (READER, INV + "Reserve", None, "PERMISSION_DENIED"),
+        (READER, INV + "GetReservation", None, "OK"),
+        (READER, INV + "ListConflicts", None, "PERMISSION_DENIED"),
+        (SHOP, INV + "GetReservation", None, "OK"),
+        (SHOP, "/stocksync.v1.WebhookService/Replay", None, "PERMISSION_DENIED"),
+        (ADMIN, "/stocksync.v1.WebhookService/Replay", None, "OK"),
         (OVERLAY_A, ROOMS + "Watch", "room-a", "OK"),
         (OVERLAY_A, ROOMS + "Watch", "room-b", "PERMISSION_DENIED"),
         (OVERLAY_A, ROOMS + "GetRoom", "room-a", "OK"),

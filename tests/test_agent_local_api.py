@@ -4,6 +4,7 @@ addresses it accepts, and a second daemon on the same socket."""
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import subprocess
@@ -13,7 +14,15 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import AGENT, AgentProcess, HubProcess, hub_on_hand, hub_watermark, wait_until
+from conftest import (
+    AGENT,
+    AgentProcess,
+    HubProcess,
+    hub_on_hand,
+    hub_watermark,
+    run_cli,
+    wait_until,
+)
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_agent_bad_days import dump
 from test_cli import agent as agent_cli
@@ -262,3 +271,21 @@ def _readme_block(marker: str) -> str:
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
     [block] = [b for b in blocks if marker in b]
     return block
+
+
+def test_any_process_that_records_wakes_the_daemon(tmp_path: Path, hub: HubProcess) -> None:
+    """`record` in another process: the daemon sends at once, not at its next poll
+    (10 s here, so three events in a row would take ~15 s by polling alone)."""
+    db = tmp_path / "lax.db"
+    a = AgentProcess(
+        "WH-LAX", db, hub.target, tmp_path / "agent.log", "--config", str(_slow_poll(tmp_path))
+    ).start()
+    try:
+        assert a.child is not None
+        a.child.wait_connected()
+        at_hub = functools.partial(hub_watermark, hub.db, "WH-LAX")
+        for seq in (1, 2, 3):
+            run_cli(AGENT, "record", "receive", "LIP", "5", "--db", str(db), check=True)
+            wait_until(lambda s=seq: at_hub() == s, 4, f"seq {seq} at the hub")
+    finally:
+        a.kill()

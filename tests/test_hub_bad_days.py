@@ -18,6 +18,7 @@ that concerns the hub, as a regression test against real processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import shutil
@@ -111,17 +112,27 @@ def test_the_hub_refuses_another_applications_sqlite_file(tmp_path: Path) -> Non
 
 
 def test_two_stores_claiming_one_warehouse_are_never_silent(tmp_path: Path) -> None:
+    with contextlib.ExitStack() as cleanup:
+        _two_stores(tmp_path, cleanup)
+
+
+def _two_stores(tmp_path: Path, cleanup: contextlib.ExitStack) -> None:
+    def started(p: AgentProcess) -> AgentProcess:
+        cleanup.callback(p.kill)
+        return p.start()
+
     hub = HubProcess(tmp_path / "hub.db", tmp_path / "hub.log").start()
+    cleanup.callback(hub.kill)
     first_db, second_db = tmp_path / "first.db", tmp_path / "second.db"
     record(first_db, 10)
     with AgentStore(second_db) as store:
         store.record_many([NewEvent("SKU-2", Kind.RECEIVE, 50)])
-    first = AgentProcess("WH-D", first_db, hub.target, tmp_path / "first.log").start()
+    first = started(AgentProcess("WH-D", first_db, hub.target, tmp_path / "first.log"))
     wait_until(lambda: hub_watermark(hub.db, "WH-D") == 10, 60, "the first store")
     stock_before = hub_on_hand(hub.db, "WH-D")
 
     # A second box with its own store says it is WH-D while the first is connected.
-    second = AgentProcess("WH-D", second_db, hub.target, tmp_path / "second.log").start()
+    second = started(AgentProcess("WH-D", second_db, hub.target, tmp_path / "second.log"))
     wait_until(
         lambda: "two stores claim WH-D" in (tmp_path / "second.log").read_text(),
         60,
@@ -145,45 +156,35 @@ def test_two_stores_claiming_one_warehouse_are_never_silent(tmp_path: Path) -> N
     second.stop()
 
     # The first box comes back: refused, loudly, and shown by warehouses and conflicts.
-    again = AgentProcess("WH-D", first_db, hub.target, tmp_path / "again.log").start()
-    try:
-        wait_until(
-            lambda: any(c["kind"] == "two_stores" for c in hub_json(hub.target, "conflicts")),
-            60,
-            "the two-stores conflict",
-        )
-        [alarm] = [
-            c for c in hub_json(hub.target, "conflicts", "--open") if c["kind"] == "two_stores"
-        ]
-        assert "two stores claim WH-D" in alarm["cause"] and alarm["open"]
-        [wh] = hub_json(hub.target, "warehouses")
-        assert any("two stores claim WH-D" in a for a in wh["alerts"])
-        text = run_cli(HUB, "warehouses", "--hub", hub.target, "--insecure", check=True).stdout
-        assert "ALERT" in text and "two stores claim WH-D" in text
-        assert hub_on_hand(hub.db, "WH-D") == {"SKU-2": 50}
-        # Reconnect attempts do not flood the list: one alarm per store.
-        wait_until(
-            lambda: (tmp_path / "again.log").read_text().count("attempt") >= 3, 60, "retries"
-        )
-        assert len([c for c in hub_json(hub.target, "conflicts") if c["kind"] == "two_stores"]) == 1
-        # The operator stops the old box, then closes the alarm.
-        again.kill()
-        run_cli(
-            HUB,
-            "conflicts",
-            "--resolve",
-            str(alarm["id"]),
-            "--hub",
-            hub.target,
-            "--insecure",
-            check=True,
-        )
-        assert not [
-            c for c in hub_json(hub.target, "conflicts", "--open") if c["kind"] == "two_stores"
-        ]
-    finally:
-        again.kill()
-        hub.kill()
+    again = started(AgentProcess("WH-D", first_db, hub.target, tmp_path / "again.log"))
+    wait_until(
+        lambda: any(c["kind"] == "two_stores" for c in hub_json(hub.target, "conflicts")),
+        60,
+        "the two-stores conflict",
+    )
+    [alarm] = [c for c in hub_json(hub.target, "conflicts", "--open") if c["kind"] == "two_stores"]
+    assert "two stores claim WH-D" in alarm["cause"] and alarm["open"]
+    [wh] = hub_json(hub.target, "warehouses")
+    assert any("two stores claim WH-D" in a for a in wh["alerts"])
+    text = run_cli(HUB, "warehouses", "--hub", hub.target, "--insecure", check=True).stdout
+    assert "ALERT" in text and "two stores claim WH-D" in text
+    assert hub_on_hand(hub.db, "WH-D") == {"SKU-2": 50}
+    # Reconnect attempts do not flood the list: one alarm per store.
+    wait_until(lambda: (tmp_path / "again.log").read_text().count("attempt") >= 3, 60, "retries")
+    assert len([c for c in hub_json(hub.target, "conflicts") if c["kind"] == "two_stores"]) == 1
+    # The operator stops the old box, then closes the alarm.
+    again.kill()
+    run_cli(
+        HUB,
+        "conflicts",
+        "--resolve",
+        str(alarm["id"]),
+        "--hub",
+        hub.target,
+        "--insecure",
+        check=True,
+    )
+    assert not [c for c in hub_json(hub.target, "conflicts", "--open") if c["kind"] == "two_stores"]
 
 
 def test_a_stream_that_never_sends_its_snapshot_is_closed(tmp_path: Path) -> None:

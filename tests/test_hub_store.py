@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stocksync.events import EventRow, Kind
+from stocksync.hub.notices import OutboxEvent
 from stocksync.hub.sqlite_store import SqliteHubStore
 from stocksync.hub.storage import (
     Applied,
@@ -22,6 +23,7 @@ from stocksync.hub.storage import (
     SourceRetired,
     StoreError,
     StoreFull,
+    UnknownEvent,
     WatermarkMoved,
 )
 
@@ -156,6 +158,71 @@ def test_reads_see_only_committed_transactions(store: HubStore) -> None:
         assert store.on_hand(["SKU-A"]) == {"SKU-A": {}}
         assert store.source("WH-A", "e1").watermark == 0  # type: ignore[union-attr]
     assert store.on_hand(["SKU-A"]) == {"SKU-A": {"WH-A": 5}}
+
+
+def outbox_event(n: int, *subscriptions: str, unix_ms: int = 1000) -> OutboxEvent:
+    return OutboxEvent(
+        f"evt_{n}", "reservation.at_risk", f"R-{n}", f'{{"n":{n}}}', unix_ms, subscriptions
+    )
+
+
+def test_the_outbox_keeps_each_subscriptions_deliveries_in_order(store: HubStore) -> None:
+    with store.transaction() as tx:
+        tx.add_webhook_events([outbox_event(1, "a", "b"), outbox_event(2, "a")])
+    with store.transaction() as tx:
+        tx.add_webhook_events([outbox_event(3, "b")])
+    assert [d.event_id for d in store.webhook_pending("a", 10)] == ["evt_1", "evt_2"]
+    assert [d.event_id for d in store.webhook_pending("b", 10)] == ["evt_1", "evt_3"]
+    [first] = store.webhook_pending("a", 1)
+    assert (first.body, first.reservation_id, first.state, first.attempts) == (
+        '{"n":1}',
+        "R-1",
+        "pending",
+        0,
+    )
+    with store.transaction() as tx:
+        tx.webhook_attempted("a", "evt_1", "HTTP 503", 2000)
+    [failed, _] = store.webhook_pending("a", 10)
+    assert (failed.attempts, failed.last_error) == (1, "HTTP 503")
+    assert failed.last_attempt_unix_ms == 2000
+    with store.transaction() as tx:
+        tx.webhook_attempted("a", "evt_1", "", 3000)
+    assert [d.event_id for d in store.webhook_pending("a", 10)] == ["evt_2"]
+    listed = store.webhook_deliveries("a")
+    assert [(d.event_id, d.state, d.attempts) for d in listed] == [
+        ("evt_2", "pending", 0),
+        ("evt_1", "delivered", 2),
+    ]
+    assert [d.event_id for d in store.webhook_deliveries(pending_only=True)] == [
+        "evt_3",
+        "evt_2",
+        "evt_1",
+    ]
+
+
+def test_replay_makes_deliveries_from_an_event_on_pending_again(store: HubStore) -> None:
+    with store.transaction() as tx:
+        tx.add_webhook_events([outbox_event(n, "a", "b") for n in (1, 2, 3)])
+        for n in (1, 2, 3):
+            tx.webhook_attempted("a", f"evt_{n}", "", 10)
+            tx.webhook_attempted("b", f"evt_{n}", "", 10)
+    with store.transaction() as tx:
+        assert tx.replay_webhooks("evt_2", ["a"]) == 2
+    assert [d.event_id for d in store.webhook_pending("a", 10)] == ["evt_2", "evt_3"]
+    assert store.webhook_pending("b", 10) == []
+    with pytest.raises(UnknownEvent), store.transaction() as tx:
+        tx.replay_webhooks("evt_9", ["a", "b"])
+
+
+def test_pruning_removes_only_old_events_delivered_everywhere(store: HubStore) -> None:
+    with store.transaction() as tx:
+        tx.add_webhook_events([outbox_event(1, "a", unix_ms=100), outbox_event(2, "a", "b")])
+        tx.add_webhook_events([outbox_event(3, "a", unix_ms=5000)])
+        for n in (1, 2, 3):
+            tx.webhook_attempted("a", f"evt_{n}", "", 10)
+    with store.transaction() as tx:
+        assert tx.prune_webhooks(2000, 100) == 1  # evt_2 still waits for b, evt_3 is recent
+    assert {d.event_id for d in store.webhook_deliveries()} == {"evt_2", "evt_3"}
 
 
 def test_store_errors_are_one_family_with_a_status() -> None:

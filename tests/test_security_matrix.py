@@ -25,6 +25,7 @@ from securehub import (
     cert_creds,
     dump,
     hello,
+    http_call,
     hub_thread,
     rows_written,
     stock_warehouse,
@@ -139,6 +140,22 @@ def say_hello(target: str, creds: grpc.ChannelCredentials, warehouse: str) -> st
         return code
 
 
+def json_api(hub: HubThread, method: str, path: str, token: str | None, key: str = "") -> str:
+    """One JSON API call (a reservation of 1 LIP-RED for POST); its HTTP status.
+
+    A 401 must say how to authenticate (``WWW-Authenticate``), as a problem document."""
+    headers = {"Idempotency-Key": key} if key else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    body = {"lines": [{"sku": "LIP-RED", "qty": 1}]} if method == "POST" else None
+    status, answer = http_call(hub.http_port, method, path, headers, body)
+    if status == 401:
+        assert answer.get("WWW-Authenticate", "").startswith("Bearer")
+    if status >= 400:
+        assert answer.get("Content-Type", "").startswith("application/problem+json")
+    return str(status)
+
+
 # -- the matrix ---------------------------------------------------------------------------
 
 Case = Callable[[Pki, HubThread], str]
@@ -231,6 +248,18 @@ CASES: dict[str, tuple[str, Case]] = {
             h.http_port, f"/rooms/room-b/overlay?token={p.tokens['overlay-a']}"
         ),
     ),
+    "JSON API reserve, no token": (
+        "401",
+        lambda p, h: json_api(h, "POST", "/v1/reservations", None, "k-j1"),
+    ),
+    "JSON API reserve, a watch token": (
+        "403",
+        lambda p, h: json_api(h, "POST", "/v1/reservations", p.tokens["overlay-a"], "k-j2"),
+    ),
+    "JSON API conflicts, the shop's token": (
+        "403",
+        lambda p, h: json_api(h, "GET", "/v1/conflicts", p.tokens["shop-token"]),
+    ),
     # Allowed: the same calls by the callers they are for.
     "allowed: WH-LAX says Hello as WH-LAX": (
         "OK",
@@ -251,6 +280,10 @@ CASES: dict[str, tuple[str, Case]] = {
     "allowed: watch token for room A watches room A": (
         "OK",
         lambda p, h: watch(h.token_target, token_creds(p, p.tokens["overlay-a"]), "room-a"),
+    ),
+    "allowed: JSON API reserve, the shop's token": (
+        "201",
+        lambda p, h: json_api(h, "POST", "/v1/reservations", p.tokens["shop-token"], "k-j3"),
     ),
     "allowed: SSE with room A's token (header)": (
         "200",
@@ -280,7 +313,7 @@ def test_security_matrix(case: str, pki: Pki, hub: HubThread) -> None:
     assert observed == expected
     if not case.startswith("allowed"):
         assert after == before, f"{case}: {written} rows written"
-    elif "Reserve" in case:
+    elif "reserve" in case.lower():
         assert written > 0  # the dump does see writes
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import subprocess
@@ -69,7 +70,8 @@ def test_agent_sends_no_batch_larger_than_the_hubs_limit(tmp_path: Path) -> None
 
 
 class RefusingHub(sync_pb2_grpc.SyncServiceServicer):
-    """A working SyncService that welcomes every agent and refuses its first batch."""
+    """A working SyncService that welcomes every agent and refuses its first batch
+    the way the protocol says: a Goodbye naming the status, then the status."""
 
     def __init__(self) -> None:
         self.streams = 0
@@ -85,9 +87,18 @@ class RefusingHub(sync_pb2_grpc.SyncServiceServicer):
                     welcome=sync_pb2.Welcome(watermark=0, protocol_version=1, max_batch_events=50)
                 )
             elif kind == "batch":
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, "batch refused: event seq 1: sku is cursed"
+                detail = "batch refused: event seq 1: sku is cursed"
+                yield sync_pb2.SyncResponse(
+                    goodbye=sync_pb2.Goodbye(code="INVALID_ARGUMENT", detail=detail)
                 )
+                # As the hub does: the agent hangs up once it has read the
+                # Goodbye; ending the call first could reset the stream over it.
+                ended = asyncio.Event()
+                context.add_done_callback(lambda _, e=ended: e.set())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(1):
+                        await ended.wait()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, detail)
 
 
 def test_a_refusal_backs_off_more_each_time_and_is_shown_by_status(tmp_path: Path) -> None:
