@@ -275,6 +275,12 @@ class Hub:
             self.token_port = _bind(
                 server, config.token_listen, self._token_certificates.credentials()
             )
+        if config.http and not _loopback(config.http):
+            log.warning(
+                "HTTP on %s is plaintext beyond this machine: the bearer tokens sent to it "
+                "travel in the clear; put it behind a proxy that terminates TLS",
+                config.http,
+            )
         if config.http and self.tokens is None:
             log.warning(
                 "HTTP on %s takes room tokens, but no tokens_file is set: every request "
@@ -335,14 +341,17 @@ def _bind(server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | 
     return port
 
 
-def _warn_if_exposed(setting: str, listen: str) -> None:
-    """Plaintext beyond this machine: say so at every start."""
+def _loopback(listen: str) -> bool:
     host = listen.rpartition(":")[0].strip("[]")
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = False  # a host name: it may resolve to anything
-    if not loopback:
+        return False  # a host name: it may resolve to anything
+
+
+def _warn_if_exposed(setting: str, listen: str) -> None:
+    """Plaintext beyond this machine: say so at every start."""
+    if not _loopback(listen):
         log.warning(
             "%s %s serves PLAINTEXT beyond this machine: anyone who can reach it may "
             "stream events for any warehouse, reserve and read everything "

@@ -163,3 +163,25 @@ def test_unusable_tls_or_tokens_files_stop_the_hub_before_it_creates_its_store(
     Path("hub-tls/key.pem").write_bytes(Path("lax-tls/key.pem").read_bytes())
     assert refused(*serve) == "Error: hub-tls/key.pem is not the key of hub-tls/cert.pem"
     assert not Path("hub.db").exists()
+
+
+def test_a_tls_hub_warns_when_its_plaintext_http_faces_the_network(tmp_path: Path) -> None:
+    os.chdir(tmp_path)
+    ok(HUB, "certs", "init", "--ca-dir", "ca")
+    ok(HUB, "certs", "issue-hub", "localhost", "--ca-dir", "ca", "--out", "hub-tls")
+    for attempt, http in enumerate(["0.0.0.0:0", "127.0.0.1:0"]):
+        ready = tmp_path / f"ready-{attempt}.json"
+        hub = Child(
+            "hub",
+            [
+                HUB, "serve", "--db", "hub.db", "--listen", "127.0.0.1:0", "--tls", "hub-tls",
+                "--http", http, "--ready-file", str(ready),
+            ],
+            tmp_path / f"hub-{attempt}.log",
+        )  # fmt: skip
+        try:
+            wait_until(lambda: hub.check_alive() or ready.exists(), 60, "the hub to serve")
+        finally:
+            assert hub.stop() == 0
+        warned = "is plaintext beyond this machine" in hub.text()
+        assert warned == (http == "0.0.0.0:0"), hub.text()
