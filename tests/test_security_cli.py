@@ -180,7 +180,7 @@ def test_a_tls_hub_warns_when_its_plaintext_http_faces_the_network(tmp_path: Pat
             tmp_path / f"hub-{attempt}.log",
         )  # fmt: skip
         try:
-            wait_until(lambda: hub.check_alive() or ready.exists(), 60, "the hub to serve")
+            wait_until(lambda h=hub, r=ready: h.check_alive() or r.exists(), 60, "the hub")
         finally:
             assert hub.stop() == 0
         warned = "is plaintext beyond this machine" in hub.text()
