@@ -1,4 +1,4 @@
-"""``stocksync.tools.bench`` (hub/bench.py): it runs end to end and reports sanely.
+"""``stocksync-bench`` and ``stocksync-hub bench`` (tools/benchmarks/): it runs end to end and reports sanely.
 
 One small run of the real command (3,000 events, 50 SKUs, each measurement
 twice) as a subprocess;
@@ -23,7 +23,7 @@ import pytest
 from conftest import HUB, run_cli, wait_until
 
 from stocksync.events import EventRow, validate_new_event
-from stocksync.tools.bench import format_table, make_events, raw_apply
+from stocksync.tools.benchmarks.catchup import format_table, make_events, raw_apply
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_a_signal_stops_the_hub_and_agent(sig: signal.Signals) -> None:
 
 
 def test_reserve_bench_sells_out_exactly_and_compares_with_echo(tmp_path: Path) -> None:
-    from stocksync.tools import reserve_bench
+    from stocksync.tools.benchmarks import reserve as reserve_bench
 
     figures = reserve_bench.run(callers=20, attempts=300, units=100, workdir=tmp_path)
     assert figures["echo"]["codes"] == {"OK": 300}
@@ -193,7 +193,7 @@ def test_reserve_bench_sells_out_exactly_and_compares_with_echo(tmp_path: Path) 
 
 
 def test_room_latency_bench_times_every_event_at_every_watcher(tmp_path: Path) -> None:
-    from stocksync.tools import room_latency_bench
+    from stocksync.tools.benchmarks import latency
 
     figures = room_latency_bench.run(watchers=3, events=30, rate=100, workdir=tmp_path)
     assert figures["samples"] == 90

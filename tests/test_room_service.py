@@ -535,7 +535,7 @@ def unused_port() -> int:
 def test_the_fanout_bench_runs_both_fan_outs() -> None:
     result = subprocess.run(
         [
-            *(sys.executable, "-m", "stocksync.tools.fanout_bench"),
+            *(sys.executable, "-m", "stocksync.tools.benchmarks.fanout"),
             *("--watchers", "20", "--updates", "30", "--json"),
         ],
         capture_output=True,

@@ -1,7 +1,7 @@
 """Room fan-out over gRPC, against a plain grpc.aio server-stream fan-out.
 
-    python -m stocksync.tools.fanout_bench                     # 1,000 watchers
-    python -m stocksync.tools.fanout_bench --watchers 50 --updates 100 --json
+    python -m stocksync.tools.benchmarks.fanout                     # 1,000 watchers
+    python -m stocksync.tools.benchmarks.fanout --watchers 50 --updates 100 --json
 
 One run measures, in this process (the server) with the watchers in a child
 process (so each gets a core of its own on a 2-core machine), over loopback:
@@ -106,7 +106,7 @@ async def _serve_child(args: list[str]) -> tuple[asyncio.subprocess.Process, flo
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "stocksync.tools.fanout_bench",
+        "stocksync.tools.benchmarks.fanout",
         "--child",
         *args,
         stdout=asyncio.subprocess.PIPE,
@@ -257,7 +257,7 @@ def main(
 
     Example:
 
-        python -m stocksync.tools.fanout_bench --watchers 1000 --updates 500
+        python -m stocksync.tools.benchmarks.fanout --watchers 1000 --updates 500
     """
     if child:
         mode, target, count, total = child
