@@ -35,7 +35,7 @@ from stocksync.events import NewEvent
 from stocksync.tools.benchmarks.catchup import make_events, raw_apply
 from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s, latency_summary
 from stocksync.tools.benchmarks.limits import bidi_stream, sync_batches
-from stocksync.tools.procs import AgentChild, HubChild, agent_status, wait_for
+from stocksync.tools.procs import AgentChild, HubChild
 
 __all__ = ["run", "scenario"]
 
@@ -93,12 +93,7 @@ def run(agents: int, events: int, workdir: Path, say: Callable[[str], None]) -> 
         for warehouse, db in zip(warehouses, dbs, strict=True):
             children.append(AgentChild(warehouse, db, hub.target, workdir / f"{warehouse}.log"))
         for child in children:
-            wait_for(
-                lambda c=child: agent_status(c.db).get("connected") or c.check_alive(),
-                120,
-                f"{child.name} to connect",
-                poll=0.1,
-            )
+            child.wait_connected(120)
         say(f"ingest: {agents} agents connected; recording {per * agents:,} events")
         stores = [AgentStore(db) for db in dbs]
         poller = _Watermarks(hub.db)

@@ -37,7 +37,7 @@ import grpc
 from stocksync.tools.benchmarks.catchup import make_events
 from stocksync.tools.benchmarks.common import Against, Row, Scenario, latency_summary
 from stocksync.tools.benchmarks.limits import ECHO_METHOD, echo_server
-from stocksync.tools.procs import AgentChild, HubChild, agent_status, command, wait_for
+from stocksync.tools.procs import AgentChild, HubChild, command, wait_for
 from stocksync.v1 import agent_pb2, agent_pb2_grpc, sync_pb2
 
 __all__ = ["raw_insert", "scenario"]
@@ -145,7 +145,7 @@ def _local_api(socket: str, singles: int) -> dict[str, Any]:
 
 async def _echo_calls(target: str, count: int, payload: bytes) -> dict[str, Any]:
     async with grpc.aio.insecure_channel(target) as channel:
-        call = channel.unary_unary(ECHO_METHOD)
+        call: Any = channel.unary_unary(ECHO_METHOD)
         await call(payload)
         times = []
         started = time.perf_counter()
@@ -188,7 +188,7 @@ def run(
         agent = AgentChild(
             WAREHOUSE, db, hub.target, workdir / "agent.log", extra=["--local-api", f"unix:{sock}"]
         )
-        wait_for(lambda: agent_status(db).get("connected") or agent.check_alive(), 60, "the agent")
+        agent.wait_connected(60)
         wait_for(sock.exists, 30, "the local API socket")
         say(f"record: {singles} single events through the local API")
         out["local_api"] = _local_api(f"unix:{sock}", singles)

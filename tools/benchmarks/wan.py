@@ -66,7 +66,12 @@ def _proxy(upstream: int, delay_ms: float, log: Path) -> tuple[Child, int]:
         ],
         log,
     )
-    wait_for(lambda: child.check_alive() or _accepts(port), 30, "the proxy to listen")
+
+    def listening() -> bool:
+        child.check_alive()
+        return _accepts(port)
+
+    wait_for(listening, 30, "the proxy to listen")
     return child, port
 
 
