@@ -29,6 +29,7 @@ from stocksync.hub.cli_reservations import COMMANDS
 from stocksync.hub.rooms_cli import rooms
 from stocksync.hub.server import Hub, check_free, write_ready_file
 from stocksync.hub.webhooks_cli import webhooks
+from stocksync.sdnotify import Notifier
 from stocksync.tls import TlsError
 from stocksync.v1 import inventory_pb2
 
@@ -71,6 +72,12 @@ def main() -> None:
     default=None,
     help="Once serving, write {pid, port} as JSON here (for supervisors and tests).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text [default] or one JSON object each.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flags: Any) -> None:
     """Serve agent streams and queries until SIGTERM or Ctrl-C.
@@ -81,12 +88,16 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     with a bearer token and no certificate use --token-listen. Settings:
     flags > STOCKSYNC_HUB_* environment > --config TOML > defaults.
 
+    With --http, Prometheus metrics are at /metrics (no authentication, like
+    any exporter). Under systemd (Type=notify) the hub sends READY=1 once it
+    serves, WATCHDOG=1 pings when the unit asks for them, and STOPPING=1.
+
     Example:
 
         stocksync-hub serve --db hub.db --listen 0.0.0.0:50051 --insecure
     """
     config = load_config(HubConfig, config_file, flags)
-    setup_logging(verbose)
+    setup_logging(verbose, config.log_format)
     try:
         check_free(config.listen)  # before the store is opened (or created)
     except RuntimeError as e:
@@ -99,11 +110,13 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
         raise click.ClickException(str(e)) from None
 
     async def main_(stop: asyncio.Event) -> None:
+        systemd = Notifier()
         try:
             await hub.start()
         except RuntimeError as e:
             await hub.stop()
             raise click.ClickException(str(e)) from None
+        systemd.ready(f"serving on port {hub.port}")
         click.echo(f"stocksync hub serving on port {hub.port}", err=True)
         if hub.token_port:
             click.echo(f"stocksync hub token callers on port {hub.token_port}", err=True)
@@ -118,6 +131,7 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
                 token_port=hub.token_port,
             )
         await stop.wait()
+        await systemd.stopping()
         click.echo("stocksync hub stopping: agents are told, queued writes finish", err=True)
         await hub.stop()
 
