@@ -256,6 +256,8 @@ def test_record_stores_every_row_on_both_sides() -> None:
 
 def test_latency_times_every_event_at_the_hub_and_every_watcher(peer_reason: str) -> None:
     result = _scenario("latency", peer_reason)
+    # The limit: the same one-event batches, one per 5 ms, over a bare bidi stream.
+    assert result["details"]["transport"]["count"] == 60
     sides = ["stocksync"] if peer_reason else ["stocksync", "peer"]
     for side in sides:
         figures = result["details"][side]
