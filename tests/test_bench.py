@@ -233,6 +233,10 @@ def test_ingest_counts_every_event_from_every_agent() -> None:
         assert run["record_to_applied"]["count"] > 0
         assert run["hub_cpu_pct"] >= 0 and run["agent_cpu_pct_avg"] >= 0
     assert [r["agents"] for r in result["details"]["runs"]] == [1, 2]
+    for run in result["details"]["backlog"]:
+        assert run["events"] == 600 // run["agents"] * run["agents"]
+        assert run["streaming_events_per_s"] is None or run["streaming_events_per_s"] > 0
+    assert [r["agents"] for r in result["details"]["backlog"]] == [1, 2]
 
 
 def test_catchup_is_held_against_raw_sqlite_bidi_and_the_peer(peer_reason: str) -> None:
