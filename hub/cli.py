@@ -42,7 +42,7 @@ __all__ = ["client_options", "json_option", "main"]
     lazy_subcommands={
         # Tools that run stocksync, never loaded by `serve`.
         "demo": "stocksync.tools.demo:demo",
-        "bench": "stocksync.tools.bench:bench",
+        "bench": "stocksync.tools.benchmarks.catchup:bench",
     },
 )
 @click.version_option(package_name="stocksync")
