@@ -142,6 +142,8 @@ class DaemonState:
     last_error: str = ""
     """The last failure talking to the hub: a gRPC status and its detail."""
     last_error_unix_ms: int = 0
+    metrics: str = ""
+    """Where the daemon serves /metrics (HOST:PORT, the port as bound), if it does."""
 
     def to_json(self) -> str:
         """The state as one JSON object."""
@@ -932,6 +934,7 @@ def status_info(store: AgentStore) -> dict[str, Any]:
         "last_error_unix_ms": daemon.last_error_unix_ms or None,
         "oldest_seq": store.oldest_seq(),
         "size_bytes": store.size_bytes(),
+        "metrics": daemon.metrics if running and daemon.metrics else None,
     }
 
 
