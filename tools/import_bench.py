@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def main(rows: int, skus: int, repeat: int, as_json: bool) -> None:
         work = Path(tmp)
         csv_path = work / "rows.csv"
         workload = write_csv(csv_path, rows, skus)
-        sides = {
+        sides: dict[str, Callable[[], tuple[float, float]]] = {
             "raw": lambda: time_raw(work / "raw.db", workload, per_event=False),
             "import": lambda: time_import(work / "import.db", csv_path, rows),
             "raw, upsert per event": lambda: time_raw(work / "raw.db", workload, per_event=True),
