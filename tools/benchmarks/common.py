@@ -247,7 +247,7 @@ def format_rows(scenarios: Sequence[Scenario]) -> str:
                     + (f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}")
                 )
             if row.target and row.against:
-                lines.append(" " * 60 + f"target: {row.target}")
+                lines.append(" " * (len(left)) + f"target: {row.target}")
         if s.skipped and s.rows:
             lines.append(f"{'':<14}(skipped: {s.skipped})")
     return "\n".join(lines)

@@ -173,6 +173,7 @@ def scenario(
                 ],
                 ">= 0.7 x raw sqlite3" if n == 10 else "",
             ),
+            Row("  recorded by the producer", r["events"] / r["record_seconds"], "ev/s"),
             Row("  record -> applied p50", r["record_to_applied"]["p50_ms"], "ms"),
             Row("  record -> applied p99", r["record_to_applied"]["p99_ms"], "ms"),
             Row("  CPU: hub", r["hub_cpu_pct"], "%"),
