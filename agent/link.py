@@ -203,7 +203,10 @@ class AgentLink:
                         with attempt:
                             await self._stream_once()
                 except LinkLost as e:
-                    log.warning("link lost: %s; reconnecting", e)
+                    if e.reason == "stall":  # one line, naming the warehouse
+                        log.warning("%s: %s; reconnecting", self.config.warehouse, e)
+                    else:
+                        log.warning("link lost: %s; reconnecting", e)
                     self.reconnects += 1
                     self.metrics.reconnects[e.reason].inc()
                     self.failed_attempts = 0
@@ -512,18 +515,10 @@ class AgentLink:
                 acked, since = session.acked, now
             elif now - since >= stall_after:
                 pending = self.store.high_seq() - session.acked
-                log.warning(
-                    "%s: stream stalled: %d events pending, no ack from %s for %.0f s "
-                    "(watermark %d); reconnecting",
-                    self.config.warehouse,
-                    pending,
-                    self.config.hub,
-                    now - since,
-                    session.acked,
-                )
                 raise Stalled(
-                    f"stalled: {pending} events pending and no ack for {now - since:.0f} s "
-                    f"(stall_after_s = {stall_after:g})"
+                    f"stream stalled: {pending} events pending and no ack for "
+                    f"{now - since:.0f} s (watermark {session.acked}, stall_after_s = "
+                    f"{stall_after:g})"
                 )
 
     async def _take_command(self, out: wire.SerialWriter, msg: Any) -> None:

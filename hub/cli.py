@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -109,6 +110,14 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     except (TokenFileError, TlsError) as e:
         raise click.ClickException(str(e)) from None
 
+    def say(text: str) -> None:
+        # A line for the operator; as a log record when logs are JSON, so
+        # every line on stderr stays one object.
+        if config.log_format == "json":
+            logging.getLogger("stocksync.hub").info("%s", text)
+        else:
+            click.echo(text, err=True)
+
     async def main_(stop: asyncio.Event) -> None:
         systemd = Notifier()
         try:
@@ -117,11 +126,11 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
             await hub.stop()
             raise click.ClickException(str(e)) from None
         systemd.ready(f"serving on port {hub.port}")
-        click.echo(f"stocksync hub serving on port {hub.port}", err=True)
+        say(f"stocksync hub serving on port {hub.port}")
         if hub.token_port:
-            click.echo(f"stocksync hub token callers on port {hub.token_port}", err=True)
+            say(f"stocksync hub token callers on port {hub.token_port}")
         if hub.http_port:
-            click.echo(f"stocksync hub HTTP (rooms, overlays) on port {hub.http_port}", err=True)
+            say(f"stocksync hub HTTP (rooms, overlays, /metrics) on port {hub.http_port}")
         if ready_file:
             write_ready_file(
                 ready_file,
@@ -132,7 +141,7 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
             )
         await stop.wait()
         await systemd.stopping()
-        click.echo("stocksync hub stopping: agents are told, queued writes finish", err=True)
+        say("stocksync hub stopping: agents are told, queued writes finish")
         await hub.stop()
 
     tune_gc()

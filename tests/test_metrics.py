@@ -12,6 +12,7 @@ exists with its type and labels, and it moves when what it counts happens.
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import urllib.error
@@ -405,3 +406,12 @@ def test_an_agent_without_its_hub_counts_pending_errors_and_reconnects(tmp_path:
         assert scrape.get("stocksync_agent_events_sent_total", warehouse="WH-SFO") == 0
     finally:
         agent.stop()
+
+
+def test_the_readme_metrics_table_is_current() -> None:
+    root = Path(__file__).resolve().parent.parent
+    table = run_cli(sys.executable, str(root / "scripts" / "metrics_table.py"), check=True)
+    readme = (root / "README.md").read_text()
+    assert table.stdout.strip() in readme, "run `python scripts/metrics_table.py` into README.md"
+    for spec in (*agent_metrics.SPECS, *hub_metrics.SPECS):
+        assert f"| `{spec.name}` |" in readme
