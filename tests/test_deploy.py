@@ -90,6 +90,8 @@ CATALOGUE = (
     "stocksync_agent_last_error_timestamp_seconds",
     "stocksync_agent_errors_total",
     "stocksync_agent_stalls_total",
+    "stocksync_agent_compactions_total",
+    "stocksync_agent_events_folded_total",
     "stocksync_hub_connected_agents",
     "stocksync_hub_warehouse_connected",
     "stocksync_hub_watermark_seq",
