@@ -31,8 +31,6 @@ from stocksync.cli_common import (
 )
 from stocksync.config import AgentConfig
 from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
-from stocksync.metrics import MetricsServer
-from stocksync.sdnotify import Notifier
 
 __all__ = ["main"]
 
@@ -289,6 +287,8 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
 
     from stocksync.agent.link import AgentLink
     from stocksync.agent.wake import WakeListener
+    from stocksync.metrics import MetricsServer
+    from stocksync.sdnotify import Notifier
 
     async def main_(stop: asyncio.Event) -> None:
         link = AgentLink(config, store)

