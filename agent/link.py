@@ -135,6 +135,8 @@ class AgentLink:
         self._wake = asyncio.Event()
         self._acked = store.acked_seq()
         """The highest ack received; written to the store by the bookkeeper."""
+        self._reserved = store.sent_horizon()
+        """No seq past this may be sent: compaction may fold it (DESIGN §6)."""
         self._books = _Bookkeeper(config, self)
 
     def stop(self) -> None:
@@ -372,11 +374,20 @@ class AgentLink:
             else:
                 snapshot_sent = False
                 rng = session.next_batch(store.high_seq(), time.monotonic())
+                if rng is not None and rng[1] > self._reserved:
+                    # Never send what a compaction may fold: the horizon first.
+                    before = self._reserved
+                    self._reserved = await self._books.reserve_sent(
+                        rng[1], self.config.window_events
+                    )
+                    if self._reserved > before:
+                        continue  # the session may have moved meanwhile: ask again
+                    rng = (rng[0], self._reserved) if self._reserved >= rng[0] else None
                 if rng is not None:
                     rows = store.outbox(*rng)
                     # Marked sent before the write: the hub's ack can arrive
                     # while this task is still waiting to resume after it.
-                    session.on_sent(*rng)
+                    session.on_sent(rng[0], rows[-1].seq)
                     await out.write(wire.batch_message(rows))
                     continue
             timeout = poll
@@ -490,12 +501,39 @@ class _Bookkeeper:
         self._failing: str | None = None
         self._prune_failing: str | None = None
         self._prune_more = False
+        self._reserve_failing: str | None = None
 
     async def start(self) -> None:
         """Open the second connection and start the ticks."""
         cfg = self._config
         self._store = await self._call(AgentStore, cfg.db, cfg.synchronous)
+        try:
+            await self._call(self._store.set_max_pending_events, cfg.max_pending_events)
+        except StoreError as e:
+            log.warning("cannot save max_pending_events (will retry at the next start): %s", e)
         self._task = asyncio.ensure_future(self._run())
+
+    async def reserve_sent(self, last: int, ahead: int) -> int:
+        """:meth:`AgentStore.reserve_sent` on the bookkeeping thread. If it
+        cannot be written, the horizon as it stands, or ``last`` when this
+        store never compacts (so a full disk never stops the stream)."""
+        store = self._store
+        if store is None:
+            return 0
+        try:
+            horizon = int(await self._call(store.reserve_sent, last, ahead))
+        except StoreError as e:
+            if self._reserve_failing != str(e):
+                log.warning("cannot save the sent horizon (will retry): %s", e)
+                self._reserve_failing = str(e)
+            try:
+                cap = int(await self._call(store.max_pending_events))
+                horizon = int(await self._call(store.sent_horizon))
+            except StoreError:
+                return 0
+            return last if cap == 0 else horizon
+        self._reserve_failing = None
+        return horizon
 
     def dirty(self) -> None:
         """Something changed: write it at the next tick."""
@@ -523,6 +561,8 @@ class _Bookkeeper:
             if self._dirty.is_set():
                 await self.flush()
             await self.prune()
+            if self._store is not None:
+                await self._call(self._store.compact_if_due)
             await asyncio.sleep(BOOKKEEPING_INTERVAL_S)
 
     async def prune(self) -> None:

@@ -371,7 +371,10 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         stream: AgentStream,
         batch: sync_pb2.Batch,
     ) -> None:
-        verdict = session.on_batch(batch.first_seq, len(batch.events))
+        events = batch.events
+        verdict = session.on_batch(
+            batch.first_seq, len(events), events[-1].seq if events else batch.first_seq
+        )
         stream.agent_high_seq = session.agent_high_seq
         if isinstance(verdict, Apply):
             pipeline.add(wire.batch_rows(batch, verdict.skip), verdict.last_seq)
