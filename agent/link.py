@@ -49,6 +49,7 @@ from tenacity import (
 
 from stocksync import wire
 from stocksync.agent.store import PRUNE_BATCH_ROWS, AgentStore, DaemonState, StoreError
+from stocksync.clock import wall_ms
 from stocksync.config import AgentConfig
 from stocksync.protocol import AgentSession, AgentState, ProtocolError
 from stocksync.tls import channel_credentials
@@ -206,13 +207,13 @@ class AgentLink:
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
         self.state.connected = connected
-        self.state.since_unix_ms = time.time_ns() // 1_000_000
+        self.state.since_unix_ms = wall_ms()
         self._books.dirty()
 
     def _failed(self, error: str) -> str:
         """Remember ``error`` as the last one, for ``status``; returns it."""
         self.state.last_error = error
-        self.state.last_error_unix_ms = time.time_ns() // 1_000_000
+        self.state.last_error_unix_ms = wall_ms()
         self._books.dirty()
         return error
 
@@ -468,7 +469,7 @@ class AgentLink:
             await out.write(
                 sync_pb2.SyncRequest(
                     ping=sync_pb2.Ping(
-                        sent_at_unix_ms=time.time_ns() // 1_000_000,
+                        sent_at_unix_ms=wall_ms(),
                         backlog=sync_pb2.Backlog(
                             high_seq=backlog.high_seq,
                             pending_events=backlog.pending,
@@ -571,7 +572,7 @@ class _Bookkeeper:
         if self._store is None:
             return
         hours = self._config.retention_hours
-        cutoff = time.time_ns() // 1_000_000 - int(hours * 3_600_000)
+        cutoff = wall_ms() - int(hours * 3_600_000)
         total = 0
         self._prune_more = False
         for _ in range(PRUNE_STEPS_PER_TICK):

@@ -35,7 +35,6 @@ import logging
 import operator
 import os
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager
@@ -48,6 +47,7 @@ from uuid6 import uuid7
 
 from stocksync.agent.compaction import Fold, fold
 from stocksync.agent.wake import notify
+from stocksync.clock import wall_ms
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow, InvalidEvent, Kind, NewEvent, plain_delta, validate_new_event
 from stocksync.sqlite import (
@@ -146,7 +146,7 @@ class Backlog:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from stocksync.cli_common import (
     setup_logging,
     tune_gc,
 )
+from stocksync.clock import wall_ms
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
 from stocksync.hub.certs_cli import certs, tokens
@@ -245,7 +245,7 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
         stocksync-hub warehouses --json --insecure
     """
     reply = query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest(), **conn)
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = wall_ms()
     items = [
         {
             "warehouse": w.warehouse,
