@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -33,8 +34,12 @@ from stocksync.cli_common import (
 from stocksync.clock import wall_ms
 from stocksync.config import AgentConfig
 from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
+from stocksync.metrics import MetricsServer
+from stocksync.sdnotify import Notifier
 
 __all__ = ["main"]
+
+log = logging.getLogger("stocksync.agent")
 
 PROGRESS_MIN_ROWS = 10_000
 """CSV imports at least this long show a progress bar."""
@@ -230,6 +235,18 @@ def import_(csv_file: str, db: str) -> None:
     metavar="ADDRESS",
     help="Serve the local API for producers on unix:PATH or a loopback HOST:PORT.",
 )
+@click.option(
+    "--metrics",
+    default=None,
+    metavar="HOST:PORT",
+    help="Serve Prometheus /metrics here (port 0: any free one, shown by status).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text [default] or one JSON object each.",
+)
 @config_option
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
@@ -244,12 +261,17 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
     one's pid (the lock is DB.lock). A damaged store is refused at start
     (PRAGMA quick_check), and a read that fails later stops the daemon.
 
+    --metrics HOST:PORT serves Prometheus metrics (no authentication: bind
+    it where only Prometheus reaches). Under systemd (Type=notify) the
+    daemon sends READY=1 once it runs, WATCHDOG=1 pings when the unit asks
+    for them, and STOPPING=1 on its way out.
+
     Example:
 
         stocksync-agent run --warehouse WH-LAX --hub hub.example:50051 --db lax.db --insecure
     """
     config = load_config(AgentConfig, config_file, flags)
-    setup_logging(verbose)
+    setup_logging(verbose, config.log_format, config.warehouse)
     lock = DaemonLock(config.db)
     try:
         lock.acquire()
@@ -266,28 +288,47 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
 
     async def main_(stop: asyncio.Event) -> None:
         link = AgentLink(config, store)
+        systemd = Notifier()
+        server = None
+        if config.metrics:
+            server = MetricsServer(link.metrics.registry, config.metrics)
+            try:
+                port = await server.start()
+            except OSError as e:
+                raise click.ClickException(
+                    f"cannot serve metrics on {config.metrics}: {e.strerror}"
+                ) from None
+            host = config.metrics.rpartition(":")[0]
+            link.state.metrics = f"{host}:{port}"
+            log.info("serving /metrics on %s", link.state.metrics)
         wakes = WakeListener(config.db, link.wake)
         wakes.start()
         api = None
-        if config.local_api:
-            from stocksync.agent.local_api import LocalApi, LocalApiError
-
-            api = LocalApi(config.local_api, config.db, config.synchronous, link.wake)
-            try:
-                await api.start()
-            except LocalApiError as e:
-                raise click.ClickException(str(e)) from None
-        task = asyncio.ensure_future(link.run())
         try:
-            await asyncio.wait(
-                {task, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED"
-            )
+            if config.local_api:
+                from stocksync.agent.local_api import LocalApi, LocalApiError
+
+                api = LocalApi(config.local_api, config.db, config.synchronous, link.wake)
+                try:
+                    await api.start()
+                except LocalApiError as e:
+                    raise click.ClickException(str(e)) from None
+            task = asyncio.ensure_future(link.run())
+            systemd.ready(f"streaming {config.warehouse} to {config.hub}")
+            try:
+                await asyncio.wait(
+                    {task, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                await systemd.stopping()
+                if api is not None:
+                    await api.stop()  # before the link: what it recorded is sent on the next run
+            link.stop()
+            await task
         finally:
-            if api is not None:
-                await api.stop()  # before the link: what it recorded is sent on the next run
             wakes.stop()
-        link.stop()
-        await task
+            if server is not None:
+                await server.stop()
 
     try:
         tune_gc()
@@ -351,6 +392,7 @@ def status(db: str, as_json: bool) -> None:
         ("last error", error),
         ("oldest kept seq", "-" if info["oldest_seq"] is None else info["oldest_seq"]),
         ("store size", f"{info['size_bytes']:,} bytes"),
+        ("metrics", info["metrics"] or "-"),
     ]
     for label, value in lines:
         click.echo(f"{label:<16}{value}")

@@ -35,6 +35,7 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,6 +49,7 @@ from tenacity import (
 )
 
 from stocksync import wire
+from stocksync.agent.metrics import AgentMetrics
 from stocksync.agent.store import PRUNE_BATCH_ROWS, AgentStore, DaemonState, StoreError
 from stocksync.clock import wall_ms
 from stocksync.config import AgentConfig
@@ -55,7 +57,7 @@ from stocksync.protocol import AgentSession, AgentState, ProtocolError
 from stocksync.tls import channel_credentials
 from stocksync.v1 import sync_pb2, sync_pb2_grpc
 
-__all__ = ["AgentLink", "LinkFailed", "LinkLost"]
+__all__ = ["AgentLink", "LinkFailed", "LinkLost", "Stalled"]
 
 log = logging.getLogger("stocksync.agent")
 
@@ -80,12 +82,29 @@ bookkeeping tick; a larger backlog goes on at the next tick, so saving the
 watermark never waits long behind it."""
 
 
-class LinkFailed(Exception):
+class LinkEnded(Exception):
+    """A stream or an attempt ended; the agent reconnects.
+
+    Args:
+        text: what happened.
+        reason: the ``stocksync_agent_reconnects_total`` reason.
+    """
+
+    def __init__(self, text: str, reason: str = "unreachable") -> None:
+        super().__init__(text)
+        self.reason = reason
+
+
+class LinkFailed(LinkEnded):
     """An attempt got nowhere (hub unreachable, refused, broke early): back off more."""
 
 
-class LinkLost(Exception):
-    """A stream that made progress broke; reconnect with a fresh backoff."""
+class LinkLost(LinkEnded):
+    """A stream that made progress broke (or stalled); reconnect with a fresh backoff."""
+
+
+class Stalled(Exception):
+    """Events were pending but the hub acknowledged nothing for ``stall_after_s``."""
 
 
 class _Stopped(Exception):
@@ -124,9 +143,12 @@ class AgentLink:
             event loop. The daemon's own writes use a second connection.
     """
 
-    def __init__(self, config: AgentConfig, store: AgentStore) -> None:
+    def __init__(
+        self, config: AgentConfig, store: AgentStore, metrics: AgentMetrics | None = None
+    ) -> None:
         self.config = config
         self.store = store
+        self.metrics = metrics or AgentMetrics(config.warehouse)
         self.connected = False
         self.reconnects = 0
         self.failed_attempts = 0
@@ -139,6 +161,14 @@ class AgentLink:
         self._reserved = store.sent_horizon()
         """No seq past this may be sent: compaction may fold it (DESIGN §6)."""
         self._books = _Bookkeeper(config, self)
+        self._sends: deque[tuple[int, float]] = deque()
+        """(last seq, monotonic send time) of each batch awaiting its ack."""
+        self.metrics.watch(self)
+
+    @property
+    def acked(self) -> int:
+        """The highest seq the hub has acknowledged (this run, or as saved)."""
+        return self._acked
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish; it returns once the stream is closed."""
@@ -176,8 +206,12 @@ class AgentLink:
                         with attempt:
                             await self._stream_once()
                 except LinkLost as e:
-                    log.warning("link lost: %s; reconnecting", e)
+                    if e.reason == "stall":  # one line, naming the warehouse
+                        log.warning("%s: %s; reconnecting", self.config.warehouse, e)
+                    else:
+                        log.warning("link lost: %s; reconnecting", e)
                     self.reconnects += 1
+                    self.metrics.reconnects[e.reason].inc()
                     self.failed_attempts = 0
                     # A fresh backoff, but never a hot loop: a short full-jitter pause.
                     await self._sleep(random.uniform(0, self.config.backoff_initial_s))
@@ -202,6 +236,8 @@ class AgentLink:
         self.failed_attempts = state.attempt_number
         exc = state.outcome.exception() if state.outcome else None
         wait = state.next_action.sleep if state.next_action else 0.0
+        reason = exc.reason if isinstance(exc, LinkEnded) else "unreachable"
+        self.metrics.reconnects[reason].inc()
         log.warning("attempt %d: %s; retrying in %.2f s", state.attempt_number, exc, wait)
 
     def _set_connected(self, connected: bool) -> None:
@@ -210,8 +246,10 @@ class AgentLink:
         self.state.since_unix_ms = wall_ms()
         self._books.dirty()
 
-    def _failed(self, error: str) -> str:
-        """Remember ``error`` as the last one, for ``status``; returns it."""
+    def _failed(self, error: str, code: str) -> str:
+        """Remember ``error`` as the last one, for ``status``, and count it
+        under ``code`` (a gRPC status name or a local kind); returns it."""
+        self.metrics.error(code)
         self.state.last_error = error
         self.state.last_error_unix_ms = wall_ms()
         self._books.dirty()
@@ -248,24 +286,34 @@ class AgentLink:
             except TimeoutError:
                 call.cancel()
                 raise LinkFailed(
-                    self._failed(f"hub {cfg.hub} sent no Welcome within {cfg.connect_timeout_s} s")
+                    self._failed(
+                        f"hub {cfg.hub} sent no Welcome within {cfg.connect_timeout_s} s",
+                        "NO_WELCOME",
+                    )
                 ) from None
             except grpc.aio.AioRpcError as e:
-                raise LinkFailed(self._failed(f"hub {cfg.hub}: {_describe(e)}")) from None
+                text = self._failed(f"hub {cfg.hub}: {_describe(e)}", e.code().name)
+                raise LinkFailed(text, _reason(e.code())) from None
             except asyncio.InvalidStateError:  # the call ended under the write
-                raise LinkFailed(self._failed(f"hub {cfg.hub}: {await _status_of(call)}")) from None
+                code, text = await _status_of(call)
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {text}", code)) from None
             if reply is grpc.aio.EOF:
-                raise LinkFailed(self._failed(f"hub {cfg.hub}: {await _status_of(call)}"))
+                code, text = await _status_of(call)
+                raise LinkFailed(self._failed(f"hub {cfg.hub}: {text}", code))
             if reply.WhichOneof("message") == "goodbye":
                 call.cancel()
                 text = f"{reply.goodbye.code}: {reply.goodbye.detail}"
-                raise LinkFailed(self._failed(f"hub {cfg.hub}: {text}"))
+                raise LinkFailed(
+                    self._failed(f"hub {cfg.hub}: {text}", reply.goodbye.code), "refused"
+                )
             try:
                 session.receive(reply.WhichOneof("message"))
                 session.on_welcome(wire.welcome_info(reply.welcome), acked)
             except ProtocolError as e:
                 call.cancel()
-                raise LinkFailed(self._failed(f"hub {cfg.hub}: {e}")) from None
+                raise LinkFailed(
+                    self._failed(f"hub {cfg.hub}: {e}", "PROTOCOL"), "refused"
+                ) from None
             log.info(
                 "connected to %s: watermark %d, batches of up to %d events%s",
                 cfg.hub,
@@ -291,44 +339,56 @@ class AgentLink:
                         f"{reply.welcome.watermark}, but it acknowledged them up to seq "
                         f"{pruned} before and they were pruned here: the hub lost "
                         "acknowledged events; start a new store for the warehouse "
-                        "(stocksync-agent salvage) so the hub takes a snapshot"
-                    )
+                        "(stocksync-agent salvage) so the hub takes a snapshot",
+                        "PRUNED",
+                    ),
+                    "refused",
                 )
             if not reply.welcome.snapshot_required:
                 self._acked = max(self._acked, session.acked)
+            self._sends.clear()
             self._set_connected(True)
             connected_at = time.monotonic()
             welcome_acked = session.acked
             error: str | None = None
-            refused = False
+            code = "UNKNOWN"
+            refused = stalled = False
             try:
                 await self._exchange(wire.SerialWriter(call), call, session)
             except HubGoodbye as e:
                 call.cancel()
-                error, refused = str(e), e.code in {c.name for c in _REFUSALS}
+                error, code = str(e), e.code
+                refused = e.code in {c.name for c in _REFUSALS}
             except grpc.aio.AioRpcError as e:
-                error, refused = _describe(e), e.code() in _REFUSALS
+                error, code, refused = _describe(e), e.code().name, e.code() in _REFUSALS
             except asyncio.InvalidStateError:
                 pass  # a write raced the stream's end: the status says why it ended
             except ProtocolError as e:
                 call.cancel()
-                error, refused = f"hub broke the protocol: {e}", True
+                error, code, refused = f"hub broke the protocol: {e}", "PROTOCOL", True
+            except Stalled as e:
+                call.cancel()
+                error, code, stalled = str(e), "STALLED", True
             finally:
                 session.close()
                 self._set_connected(False)
             if self._stop.is_set():
                 return
             if error is None:
-                error = await _status_of(call)
+                code, error = await _status_of(call)
                 with contextlib.suppress(grpc.aio.AioRpcError):
                     refused = await call.code() in _REFUSALS
-            self._failed(f"hub {cfg.hub}: {error}")
+            self._failed(f"hub {cfg.hub}: {error}", code)
+            if stalled:
+                self.metrics.stalls.inc()
+                raise LinkLost(f"hub {cfg.hub}: {error}", "stall")
             progressed = session.acked > welcome_acked or (
                 time.monotonic() - connected_at >= cfg.backoff_max_s
             )
+            reason = "refused" if refused else "lost"
             if progressed and not refused:
-                raise LinkLost(f"hub {cfg.hub}: {error}")
-            raise LinkFailed(f"hub {cfg.hub}: {error}")
+                raise LinkLost(f"hub {cfg.hub}: {error}", reason)
+            raise LinkFailed(f"hub {cfg.hub}: {error}", reason)
 
     async def _exchange(self, out: wire.SerialWriter, call: Any, session: AgentSession) -> None:
         """Run sender, receiver and pinger until one ends or we stop."""
@@ -338,6 +398,7 @@ class AgentLink:
             receiver,
             asyncio.ensure_future(self._ping_loop(out, session)),
             asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(self._stall_watch(session)),
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -388,8 +449,11 @@ class AgentLink:
                     rows = store.outbox(*rng)
                     # Marked sent before the write: the hub's ack can arrive
                     # while this task is still waiting to resume after it.
-                    session.on_sent(rng[0], rows[-1].seq)
+                    last = rows[-1].seq  # past rng[1] when the last row is a fold
+                    session.on_sent(rng[0], last)
+                    self._sends.append((last, time.monotonic()))
                     await out.write(wire.batch_message(rows))
+                    self.metrics.events_sent.inc(last - rng[0] + 1)
                     continue
             timeout = poll
             if session.send_at is not None:
@@ -427,7 +491,9 @@ class AgentLink:
             if kind == "goodbye":
                 raise HubGoodbye(msg.goodbye.code, msg.goodbye.detail)
             if kind == "ack":
+                before = session.acked
                 session.on_ack(msg.ack.up_to_seq)
+                self._on_acked(before, session.acked)
                 if session.acked > self._acked:
                     self._acked = session.acked
                     self._books.dirty()
@@ -439,6 +505,34 @@ class AgentLink:
             elif kind in ("pick", "cancel_pick"):
                 await self._take_command(out, msg)
             # pings from the hub need no answer: receiving them is the point.
+
+    def _on_acked(self, before: int, acked: int) -> None:
+        """Count what an ack covered, and how long each batch it covers waited."""
+        if acked <= before:
+            return
+        self.metrics.events_acked.inc(acked - before)
+        sends, now = self._sends, time.monotonic()
+        while sends and sends[0][0] <= acked:
+            self.metrics.ack_latency.observe(now - sends.popleft()[1])
+
+    async def _stall_watch(self, session: AgentSession) -> None:
+        """Raise :class:`Stalled` once events have been pending with no ack
+        for ``stall_after_s``: a stream that looks up but moves nothing (a
+        hub stuck on its disk, a half-dead proxy) is dropped and made again."""
+        stall_after = self.config.stall_after_s
+        acked, since = session.acked, time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, stall_after / 4))
+            now = time.monotonic()
+            if session.acked != acked or self.store.high_seq() <= session.acked:
+                acked, since = session.acked, now
+            elif now - since >= stall_after:
+                pending = self.store.high_seq() - session.acked
+                raise Stalled(
+                    f"stream stalled: {pending} events pending and no ack for "
+                    f"{now - since:.0f} s (watermark {session.acked}, stall_after_s = "
+                    f"{stall_after:g})"
+                )
 
     async def _take_command(self, out: wire.SerialWriter, msg: Any) -> None:
         """Keep a pick command (or its withdrawal) durably, then acknowledge it.
@@ -503,6 +597,7 @@ class _Bookkeeper:
         self._prune_failing: str | None = None
         self._prune_more = False
         self._reserve_failing: str | None = None
+        self._compaction_stats: dict[str, int] | None = None
 
     async def start(self) -> None:
         """Open the second connection and start the ticks."""
@@ -512,7 +607,30 @@ class _Bookkeeper:
             await self._call(self._store.set_max_pending_events, cfg.max_pending_events)
         except StoreError as e:
             log.warning("cannot save max_pending_events (will retry at the next start): %s", e)
+        with contextlib.suppress(StoreError):
+            self._compaction_stats = await self._call(self._store.compaction_stats)
         self._task = asyncio.ensure_future(self._run())
+
+    async def _compact(self) -> None:
+        """Compact the outbox if it is past its cap, and count every compaction
+        the store made since the last tick, whichever process made it."""
+        store = self._store
+        if store is None:
+            return
+        await self._call(store.compact_if_due)
+        try:
+            stats = await self._call(store.compaction_stats)
+        except StoreError:
+            return
+        if self._compaction_stats is not None:
+            metrics = self._link.metrics
+            metrics.compactions.inc(
+                max(0, stats["compactions"] - self._compaction_stats["compactions"])
+            )
+            metrics.events_folded.inc(
+                max(0, stats["events_folded"] - self._compaction_stats["events_folded"])
+            )
+        self._compaction_stats = stats
 
     async def reserve_sent(self, last: int, ahead: int) -> int:
         """:meth:`AgentStore.reserve_sent` on the bookkeeping thread. If it
@@ -563,7 +681,7 @@ class _Bookkeeper:
                 await self.flush()
             await self.prune()
             if self._store is not None:
-                await self._call(self._store.compact_if_due)
+                await self._compact()
             await asyncio.sleep(BOOKKEEPING_INTERVAL_S)
 
     async def prune(self) -> None:
@@ -643,10 +761,18 @@ def _describe(e: grpc.aio.AioRpcError) -> str:
     return f"{e.code().name}: {e.details()}"
 
 
-async def _status_of(call: Any) -> str:
+def _reason(code: grpc.StatusCode) -> str:
+    """The reconnect reason of an attempt that ended with ``code``."""
+    return "refused" if code in _REFUSALS else "unreachable"
+
+
+async def _status_of(call: Any) -> tuple[str, str]:
+    """How the call ended: (its status name, the text for logs and ``status``)."""
     try:
         code = await call.code()
         details = await call.details()
     except grpc.aio.AioRpcError as e:
-        return _describe(e)
-    return f"{code.name}: {details}" if code != grpc.StatusCode.OK else "hub closed the stream"
+        return e.code().name, _describe(e)
+    if code == grpc.StatusCode.OK:
+        return "CLOSED", "hub closed the stream"
+    return code.name, f"{code.name}: {details}"

@@ -113,6 +113,8 @@ class DaemonState:
     last_error: str = ""
     """The last failure talking to the hub: a gRPC status and its detail."""
     last_error_unix_ms: int = 0
+    metrics: str = ""
+    """Where the daemon serves /metrics (HOST:PORT, the port as bound), if it does."""
 
     def to_json(self) -> str:
         """The state as one JSON object."""
@@ -976,6 +978,7 @@ def status_info(store: AgentStore) -> dict[str, Any]:
         "oldest_seq": store.oldest_seq(),
         "size_bytes": store.size_bytes(),
         **_compaction_info(store),
+        "metrics": daemon.metrics if running and daemon.metrics else None,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from stocksync.hub.cli_reservations import COMMANDS
 from stocksync.hub.rooms_cli import rooms
 from stocksync.hub.server import Hub, check_free, write_ready_file
 from stocksync.hub.webhooks_cli import webhooks
+from stocksync.sdnotify import Notifier
 from stocksync.tls import TlsError
 from stocksync.v1 import inventory_pb2
 
@@ -40,7 +42,7 @@ __all__ = ["client_options", "json_option", "main"]
     lazy_subcommands={
         # Tools that run stocksync, never loaded by `serve`.
         "demo": "stocksync.tools.demo:demo",
-        "bench": "stocksync.tools.bench:bench",
+        "bench": "stocksync.tools.benchmarks.catchup:bench",
     },
 )
 @click.version_option(package_name="stocksync")
@@ -71,6 +73,12 @@ def main() -> None:
     default=None,
     help="Once serving, write {pid, port} as JSON here (for supervisors and tests).",
 )
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Log lines as text [default] or one JSON object each.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flags: Any) -> None:
     """Serve agent streams and queries until SIGTERM or Ctrl-C.
@@ -81,12 +89,16 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     with a bearer token and no certificate use --token-listen. Settings:
     flags > STOCKSYNC_HUB_* environment > --config TOML > defaults.
 
+    With --http, Prometheus metrics are at /metrics (no authentication, like
+    any exporter). Under systemd (Type=notify) the hub sends READY=1 once it
+    serves, WATCHDOG=1 pings when the unit asks for them, and STOPPING=1.
+
     Example:
 
         stocksync-hub serve --db hub.db --listen 0.0.0.0:50051 --insecure
     """
     config = load_config(HubConfig, config_file, flags)
-    setup_logging(verbose)
+    setup_logging(verbose, config.log_format)
     try:
         check_free(config.listen)  # before the store is opened (or created)
     except RuntimeError as e:
@@ -98,17 +110,27 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     except (TokenFileError, TlsError) as e:
         raise click.ClickException(str(e)) from None
 
+    def say(text: str) -> None:
+        # A line for the operator; as a log record when logs are JSON, so
+        # every line on stderr stays one object.
+        if config.log_format == "json":
+            logging.getLogger("stocksync.hub").info("%s", text)
+        else:
+            click.echo(text, err=True)
+
     async def main_(stop: asyncio.Event) -> None:
+        systemd = Notifier()
         try:
             await hub.start()
         except RuntimeError as e:
             await hub.stop()
             raise click.ClickException(str(e)) from None
-        click.echo(f"stocksync hub serving on port {hub.port}", err=True)
+        systemd.ready(f"serving on port {hub.port}")
+        say(f"stocksync hub serving on port {hub.port}")
         if hub.token_port:
-            click.echo(f"stocksync hub token callers on port {hub.token_port}", err=True)
+            say(f"stocksync hub token callers on port {hub.token_port}")
         if hub.http_port:
-            click.echo(f"stocksync hub HTTP (rooms, overlays) on port {hub.http_port}", err=True)
+            say(f"stocksync hub HTTP (rooms, overlays, /metrics) on port {hub.http_port}")
         if ready_file:
             write_ready_file(
                 ready_file,
@@ -118,7 +140,8 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
                 token_port=hub.token_port,
             )
         await stop.wait()
-        click.echo("stocksync hub stopping: agents are told, queued writes finish", err=True)
+        await systemd.stopping()
+        say("stocksync hub stopping: agents are told, queued writes finish")
         await hub.stop()
 
     tune_gc()

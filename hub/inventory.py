@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -36,7 +36,10 @@ from stocksync.hub.ledger import (
     Ledger,
     PickCommand,
     Reservation,
+    Shortage,
+    State,
 )
+from stocksync.hub.metrics import HubMetrics
 from stocksync.hub.notices import Notices
 from stocksync.hub.stock import Allocator, Freshness, SkuStock, StalenessPolicy, StockBook
 from stocksync.hub.storage import Applied, HubStore, Source, SourceRetired, WatermarkMoved
@@ -80,6 +83,8 @@ class Inventory:
         max_lines: most lines in one reservation (``max_reservation_lines``).
         max_query_skus: most SKUs one stock query may name (``max_query_skus``);
             :mod:`stocksync.hub.inventory_calls` holds every face to it.
+        metrics: where reservations and conflicts are counted (default: a
+            registry of its own).
     """
 
     def __init__(
@@ -93,7 +98,9 @@ class Inventory:
         default_ttl_ms: int = DEFAULT_TTL_MS,
         max_lines: int = MAX_LINES,
         max_query_skus: int = MAX_QUERY_SKUS,
+        metrics: HubMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or HubMetrics()
         self.store = store
         self.max_lines = max_lines
         self.max_query_skus = max_query_skus
@@ -112,6 +119,8 @@ class Inventory:
         """source id -> last seq decided (durable or queued)."""
         self._freshness: dict[str, Freshness] = {}
         self._saved_hub_time = 0
+        self._conflicts_counted: int | None = None
+        """The last conflict id counted in the metrics (None: not loaded yet)."""
         self._timer: asyncio.Future[None] | None = None
         self._reloading: asyncio.Future[None] | None = None
         self.notices: Notices | None = None
@@ -181,6 +190,8 @@ class Inventory:
         self._accepted = {s.source_id: s.watermark for s in sources.values()}
         self._freshness = {w: Freshness.FRESH for w in state.warehouses}
         self._saved_hub_time = state.hub_time_ms
+        if self._conflicts_counted is None:
+            self._conflicts_counted = state.next_conflict_id - 1
         log.log(
             logging.DEBUG if reload else logging.INFO,
             "stock loaded: %d warehouses, %d reservations, %d open conflicts, hub time %.1f s",
@@ -246,6 +257,8 @@ class Inventory:
     def _after(self, future: asyncio.Future[Any], changes: Changes, origin: float) -> None:
         if future.cancelled() or future.exception() is not None:
             return
+        if changes.conflicts:
+            self._count_conflicts(changes.conflicts.values())
         if changes.skus or changes.all_skus:
             self._notify(None if changes.all_skus else changes.skus, origin)
         if changes.picks:
@@ -258,6 +271,15 @@ class Inventory:
                 if listener is not None:
                     listener(picks)
 
+    def _count_conflicts(self, conflicts: Iterable[Conflict]) -> None:
+        """Count each conflict once, when it is first durable (a later change
+        to it, or its resolution, comes with the same id)."""
+        counted = self._conflicts_counted or 0
+        for conflict in conflicts:
+            if conflict.id > counted:
+                self.metrics.conflicts[conflict.kind].inc()
+        self._conflicts_counted = max(counted, *(c.id for c in conflicts))
+
     def _notify(self, skus: Collection[str] | None, origin: float) -> None:
         for listener in list(self.stock_listeners):
             try:
@@ -266,6 +288,19 @@ class Inventory:
                 log.exception("stock listener failed")
 
     # -- agent streams -----------------------------------------------------------------
+
+    def warehouses(self) -> list[str]:
+        """Every warehouse the hub has stock of (or heard from)."""
+        return list(self._freshness)
+
+    def watermark(self, warehouse: str) -> int:
+        """The last seq accepted from ``warehouse``'s current epoch (0: none)."""
+        source = self._current.get(warehouse)
+        return 0 if source is None else self._accepted.get(source, 0)
+
+    def freshness(self, warehouse: str) -> Freshness:
+        """How recently ``warehouse`` was heard from."""
+        return self._freshness.get(warehouse, Freshness.FRESH)
 
     def seen(self, warehouse: str) -> None:
         """The warehouse's agent said something just now."""
@@ -348,29 +383,47 @@ class Inventory:
         self, lines: Sequence[tuple[str, int]], room: str, key: str, ttl_ms: int | None
     ) -> Reservation:
         """Hold every line, or none; answered once durable. See :meth:`Ledger.reserve`."""
-        reservation, changes = self.ledger.reserve(
-            lines, room, key, ttl_ms, self.clock.now_ms(), self.clock.unix_ms()
-        )
+        try:
+            reservation, changes = self.ledger.reserve(
+                lines, room, key, ttl_ms, self.clock.now_ms(), self.clock.unix_ms()
+            )
+        except Shortage:
+            self.metrics.reservations["short"].inc()
+            raise
+        except StocksyncError:
+            self.metrics.reservations["invalid"].inc()
+            raise
         if changes is not None:
             await self._write(changes, time.monotonic())
+        self.metrics.reservations["granted" if changes is not None else "duplicate"].inc()
         return reservation
 
     async def commit(self, reservation_id: str) -> Reservation:
         """Paid: allocate and send pick commands. See :meth:`Ledger.commit`."""
-        reservation, changes = self.ledger.commit(
-            reservation_id, self.clock.now_ms(), self.clock.unix_ms()
-        )
+        try:
+            reservation, changes = self.ledger.commit(
+                reservation_id, self.clock.now_ms(), self.clock.unix_ms()
+            )
+        except StocksyncError:
+            self.metrics.reservations["refused"].inc()
+            raise
         if changes is not None:
             await self._write(changes, time.monotonic())
+            self.metrics.reservations["committed"].inc()
         return reservation
 
     async def release(self, reservation_id: str) -> Reservation:
         """Cancel. See :meth:`Ledger.release`."""
-        reservation, changes = self.ledger.release(
-            reservation_id, self.clock.now_ms(), self.clock.unix_ms()
-        )
+        try:
+            reservation, changes = self.ledger.release(
+                reservation_id, self.clock.now_ms(), self.clock.unix_ms()
+            )
+        except StocksyncError:
+            self.metrics.reservations["refused"].inc()
+            raise
         if changes is not None:
             await self._write(changes, time.monotonic())
+            self.metrics.reservations["released"].inc()
         return reservation
 
     def reservation(self, reservation_id: str) -> Reservation:
@@ -422,6 +475,13 @@ class Inventory:
         now = self.clock.now_ms()
         unix = self.clock.unix_ms()
         changes = self.ledger.expire(now, unix)
+        expired = sum(
+            1
+            for r in changes.reservations.values()
+            if r.state is State.RELEASED and r.reason == "expired"
+        )
+        if expired:
+            self.metrics.reservations["expired"].inc(expired)
         self._freshness, stale = self.ledger.check_freshness(self._freshness, now, unix)
         if stale.skus:
             stale.all_skus = True

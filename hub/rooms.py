@@ -462,6 +462,10 @@ class RoomHub:
         """
         return list(self._live(room_id).watchers)
 
+    def watcher_count(self) -> int:
+        """Open subscriptions over every room (for the metrics)."""
+        return sum(len(r.watchers) for r in self._rooms.values())
+
     def rooms(self) -> list[RoomInfo]:
         """Every live room, by id."""
         return [self._info(r) for _, r in sorted(self._rooms.items()) if r.live]

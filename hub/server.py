@@ -32,6 +32,7 @@ from uuid6 import uuid7
 
 from stocksync.auth import TokenFile
 from stocksync.config import HubConfig
+from stocksync.errors import StocksyncError
 from stocksync.grpc_edge import DecodeGuard, enable_reflection
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.clock import HubClock
@@ -41,6 +42,7 @@ from stocksync.hub.http_api import add_api
 from stocksync.hub.http_auth import HttpAuth
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer
+from stocksync.hub.metrics import HubMetrics
 from stocksync.hub.notices import Notices
 from stocksync.hub.room_service import SERVICE_NAME as ROOM_SERVICE
 from stocksync.hub.room_service import RoomServicer
@@ -55,6 +57,7 @@ from stocksync.hub.webhook_delivery import WebhookDelivery
 from stocksync.hub.webhook_service import SERVICE_NAME as WEBHOOK_SERVICE
 from stocksync.hub.webhook_service import WebhookServicer
 from stocksync.hub.writer import Writer
+from stocksync.metrics import metrics_handler
 from stocksync.tls import CertificateReloader, TlsFiles
 from stocksync.v1 import (
     inventory_pb2,
@@ -129,6 +132,8 @@ class Hub:
         self.streams = StreamRegistry()
         self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-reads")
         self.writer = Writer(self.store)
+        self.metrics = HubMetrics()
+        """The hub's metrics, in a registry of its own (served at /metrics)."""
         self.inventory = Inventory(
             self.store,
             self.writer,
@@ -142,6 +147,7 @@ class Hub:
             default_ttl_ms=int(config.reservation_ttl_s * 1000),
             max_lines=config.max_reservation_lines,
             max_query_skus=config.max_query_skus,
+            metrics=self.metrics,
         )
         # Who may call, and how much.
         self.admission = Admission(
@@ -190,6 +196,10 @@ class Hub:
             max_featured=self.config.max_featured_skus,
         )
         self.inventory.stock_listeners.append(rooms.stock_changed)
+        rooms.observe_delivery = self.metrics.delivery_latency.observe
+        known = await asyncio.get_running_loop().run_in_executor(self.reads, self.store.warehouses)
+        self.metrics.last_seen_ms.update({r.warehouse: r.last_seen_ms for r in known})
+        self.metrics.watch(self.streams, self.inventory, rooms, self.webhooks)
         # The gate goes first: a caller is identified before its request is looked at.
         interceptors: list[grpc.aio.ServerInterceptor] = [DecodeGuard()]
         if not self.config.insecure:
@@ -207,6 +217,7 @@ class Hub:
                 hello_timeout_s=self.config.hello_timeout_s,
                 ping_interval_s=self.config.ping_interval_s,
                 snapshot_timeout_s=self.config.snapshot_timeout_s,
+                stall_after_s=self.config.stall_after_s,
             ),
             server,
         )
@@ -234,6 +245,8 @@ class Hub:
             auth = None if self.config.insecure else HttpAuth(self.tokens, self.admission)
             app = make_app(rooms, auth=auth)
             add_api(app, self.inventory)
+            # Unauthenticated, like any exporter: counts and warehouse ids only.
+            app.router.add_get("/metrics", metrics_handler(self.metrics.registry, self._scraping))
             self.http = HttpServer(app, host.strip("[]"), int(port))
             try:
                 self.http_port = await self.http.start()
@@ -250,6 +263,19 @@ class Hub:
         if self.token_port:
             log.info("token callers (TLS, no client certificate) on port %d", self.token_port)
         return self.port
+
+    async def _scraping(self) -> None:
+        """Before a scrape: what only the store knows (webhook backlogs)."""
+        if not self.config.webhooks:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            counts = await loop.run_in_executor(self.reads, self.store.webhook_pending_counts)
+        except StocksyncError as e:
+            log.debug("webhook backlog not read for /metrics: %s", e)
+            return
+        for label in self.webhooks.subscriptions:
+            self.metrics.webhook_pending[label] = counts.get(label, 0)
 
     def _listen(self, server: grpc.aio.Server) -> None:
         """Add the listeners: mutual TLS (or plaintext, when asked for), and

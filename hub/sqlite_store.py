@@ -214,6 +214,11 @@ class SqliteHubStore:
         with self._read_lock, self._errors("read"):
             return sqlite_webhooks.pending(self._reader, subscription, limit)
 
+    def webhook_pending_counts(self) -> dict[str, int]:
+        """See :meth:`HubStore.webhook_pending_counts`."""
+        with self._read_lock, self._errors("read"):
+            return sqlite_webhooks.pending_counts(self._reader)
+
     def webhook_deliveries(
         self, subscription: str | None = None, pending_only: bool = False, limit: int = 100
     ) -> list[Delivery]:

@@ -109,6 +109,15 @@ def pending(conn: sqlite3.Connection, subscription: str, limit: int) -> list[Del
     return [_delivery(r) for r in rows]
 
 
+def pending_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Pending deliveries per subscription (those with none left out)."""
+    rows = conn.execute(
+        "SELECT subscription, count(*) FROM webhook_deliveries WHERE state = 'pending' "
+        "GROUP BY subscription"
+    )
+    return {str(s): int(n) for s, n in rows}
+
+
 def deliveries(
     conn: sqlite3.Connection, subscription: str | None, pending_only: bool, limit: int
 ) -> list[Delivery]:

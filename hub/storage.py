@@ -259,6 +259,10 @@ class HubStore(Protocol):
         """Deliveries, newest event first (one subscription's, or all)."""
         ...
 
+    def webhook_pending_counts(self) -> dict[str, int]:
+        """Pending deliveries per subscription (for the metrics)."""
+        ...
+
     def close(self) -> None:
         """Release the store."""
         ...

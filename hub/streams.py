@@ -27,6 +27,8 @@ class AgentStream:
     watermark: int = 0
     agent_high_seq: int = 0
     oldest_pending_age_s: float = 0.0
+    backlog_at_ms: int = 0
+    """When the agent last reported its backlog (``oldest_pending_age_s``)."""
     clock_skew_s: float = 0.0
     superseded: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -32,14 +32,17 @@ from stocksync.grpc_edge import Undecodable, abort
 from stocksync.hub.grpc_gate import current_caller
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.ledger import ConflictKind, PickCommand
+from stocksync.hub.metrics import WarehouseCounters
 from stocksync.hub.storage import Applied, HubStore, Source, WarehouseRecord
 from stocksync.hub.streams import AgentStream, StreamRegistry
+from stocksync.logs import about
 from stocksync.protocol import (
     Apply,
     EpochRetired,
     HubSession,
     HubState,
     MalformedMessage,
+    SeqGap,
     Superseded,
     TimedOut,
 )
@@ -70,6 +73,13 @@ class HubStopping(StocksyncError):
     status = Status.UNAVAILABLE
 
 
+class StreamStalled(StocksyncError):
+    """The agent reports events pending but the watermark has not moved for
+    ``stall_after_s``: the stream is ended so the agent makes a new one."""
+
+    status = Status.UNAVAILABLE
+
+
 class _Pipeline:
     """Commits one stream's accepted batches in order and acknowledges each commit.
 
@@ -87,8 +97,11 @@ class _Pipeline:
         stream: AgentStream,
         out: wire.SerialWriter,
         submit: Callable[[list[EventRow], float], asyncio.Future[Applied]],
+        counters: WarehouseCounters,
     ) -> None:
         self.session, self.stream, self.out, self._submit = session, stream, out, submit
+        self._counters = counters
+        self._in_flight_events = 0
         self._buffer: list[EventRow] = []
         self._buffer_origin = 0.0
         self._buffered_last = 0
@@ -144,6 +157,7 @@ class _Pipeline:
             if self._in_flight is not None:
                 await asyncio.shield(self._in_flight)  # a store error ends the stream
                 fault_point("hub-after-commit")  # durable, not yet acknowledged
+                self._counters.applied(self._in_flight_events)
                 self.session.on_applied(self._in_flight_last)
                 self._in_flight = None
                 if self._buffer:
@@ -164,6 +178,7 @@ class _Pipeline:
     def _start_commit(self) -> None:
         rows, self._buffer = self._buffer, []
         self._in_flight_last, self._batches = self._buffered_last, 0
+        self._in_flight_events = len(rows)
         self._in_flight = self._submit(rows, self._buffer_origin)
 
     def discard(self) -> None:
@@ -190,6 +205,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         ping_interval_s: how often the hub pings an idle agent.
         snapshot_timeout_s: how long a stream asked for a snapshot may stay
             silent about it (between chunks) before it is closed.
+        stall_after_s: how long the watermark may stand still while the
+            agent reports events pending before the stream is ended.
     """
 
     def __init__(
@@ -202,8 +219,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         hello_timeout_s: float = 10.0,
         ping_interval_s: float = 15.0,
         snapshot_timeout_s: float = 60.0,
+        stall_after_s: float = 60.0,
     ) -> None:
         self.store = store
+        self.metrics = inventory.metrics
+        self.stall_after_s = stall_after_s
         self.reads = reads
         self.inventory = inventory
         self.streams = streams
@@ -261,21 +281,29 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             agent_high_seq=session.agent_high_seq,
         )
         stream.seen()
+        where = about(stream.warehouse)
         if self.streams.attach(stream) is not None:
-            log.info("%s: new stream from %s supersedes the old one", stream.warehouse, stream.peer)
+            log.info(
+                "%s: new stream from %s supersedes the old one",
+                stream.warehouse,
+                stream.peer,
+                extra=where,
+            )
         log.info(
             "%s: connected epoch=%s watermark=%d snapshot=%s",
             stream.warehouse,
             stream.epoch,
             welcome.watermark,
             welcome.snapshot_required,
+            extra=where,
         )
+        counters = self.metrics.warehouse(stream.warehouse)
         try:
             await out.write(wire.welcome_message(welcome))
-            await self._serve(session, source, stream, context, out, replacing)
+            await self._serve(session, source, stream, context, out, counters, replacing)
         finally:
             self.streams.detach(stream)
-            log.info("%s: stream closed", stream.warehouse)
+            log.info("%s: stream closed", stream.warehouse, extra=where)
 
     async def _serve(
         self,
@@ -284,6 +312,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         stream: AgentStream,
         context: Any,
         out: wire.SerialWriter,
+        counters: WarehouseCounters,
         replacing: WarehouseRecord | None = None,
     ) -> None:
         def submit(rows: list[EventRow], origin: float) -> asyncio.Future[Applied]:
@@ -291,7 +320,8 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             return self.inventory.apply_batch(source, rows, origin)
 
         inventory, warehouse = self.inventory, stream.warehouse
-        pipeline = _Pipeline(session, stream, out, submit)
+        pipeline = _Pipeline(session, stream, out, submit, counters)
+        stall = asyncio.ensure_future(self._stall_watch(session))
         superseded = asyncio.ensure_future(stream.superseded.wait())
         closing = asyncio.ensure_future(self.streams.closing.wait())
         pinger = asyncio.ensure_future(self._ping(out))
@@ -306,7 +336,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 if pipeline.full:
                     await pipeline.wait(lambda: not pipeline.full)
                 reading = asyncio.ensure_future(_read(context))
-                waiting = {reading, superseded, closing, pipeline.task}
+                waiting = {reading, superseded, closing, pipeline.task, stall}
                 timeout = None
                 if session.state is HubState.AWAITING_SNAPSHOT:
                     timeout = snapshot_deadline - time.monotonic()
@@ -322,6 +352,15 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 if closing in done and reading not in done:
                     await pipeline.drained()  # what was accepted is durable and acked
                     raise HubStopping("hub is stopping; reconnect later")
+                if stall in done and reading not in done:
+                    counters.stalls()
+                    log.warning(
+                        "%s: stream stalled: %s; ending it (the agent reconnects)",
+                        warehouse,
+                        stall.result(),
+                        extra=about(warehouse),
+                    )
+                    raise StreamStalled(f"stream stalled: {stall.result()}; reconnect")
                 if reading not in done:
                     raise Superseded(f"superseded: a newer stream for {stream.warehouse} took over")
                 try:
@@ -336,7 +375,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                 kind = msg.WhichOneof("message")
                 session.receive(kind)
                 if kind == "batch":
-                    self._on_batch(session, pipeline, stream, msg.batch)
+                    self._on_batch(session, pipeline, stream, msg.batch, counters)
                 elif kind == "snapshot":
                     snapshot_deadline = time.monotonic() + self.snapshot_timeout_s
                     chunk = msg.snapshot
@@ -345,6 +384,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     )
                     if stock is not None:
                         source = await self._on_snapshot(session, pipeline, stream, stock, out)
+                        counters.snapshots()
                         picker = picker or self._start_picks(warehouse, picks, out)
                         if replacing is not None and replacing.epoch != session.epoch:
                             await self._epoch_replaced(replacing, session.epoch)
@@ -353,6 +393,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
                     session.on_backlog(backlog.high_seq)
                     stream.agent_high_seq = session.agent_high_seq
                     stream.oldest_pending_age_s = backlog.oldest_pending_age_ms / 1000
+                    stream.backlog_at_ms = stream.last_seen_ms
                     if msg.ping.sent_at_unix_ms:
                         stream.clock_skew_s = (msg.ping.sent_at_unix_ms - _now_ms()) / 1000
                 elif kind == "command_ack":
@@ -361,7 +402,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             pipeline.discard()
             if inventory.pick_listeners.get(warehouse) == picks.put_nowait:
                 del inventory.pick_listeners[warehouse]
-            for task in (superseded, closing, pinger, pipeline.task, reading, picker):
+            for task in (superseded, closing, pinger, pipeline.task, reading, picker, stall):
                 if task is not None:
                     task.cancel()
                     if task.done() and not task.cancelled():
@@ -373,15 +414,23 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         pipeline: _Pipeline,
         stream: AgentStream,
         batch: sync_pb2.Batch,
+        counters: WarehouseCounters,
     ) -> None:
         events = batch.events
-        verdict = session.on_batch(
-            batch.first_seq, len(events), events[-1].seq if events else batch.first_seq
-        )
+        try:
+            verdict = session.on_batch(
+                batch.first_seq, len(events), events[-1].seq if events else batch.first_seq
+            )
+        except SeqGap:
+            counters.gaps()
+            raise
         stream.agent_high_seq = session.agent_high_seq
         if isinstance(verdict, Apply):
+            if verdict.skip:
+                counters.duplicates(verdict.skip)
             pipeline.add(wire.batch_rows(batch, verdict.skip), verdict.last_seq)
         else:
+            counters.duplicates(len(batch.events))
             pipeline.reack()  # a duplicate: re-ack, in order with the commits before it
 
     async def _on_snapshot(
@@ -397,7 +446,13 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         warehouse, epoch = session.warehouse, session.epoch
         source = await self.inventory.apply_snapshot(warehouse, epoch, as_of, stock)
         stream.watermark = session.on_snapshot_applied(as_of)
-        log.info("%s: snapshot of %d SKUs as of seq %d applied", warehouse, len(stock), as_of)
+        log.info(
+            "%s: snapshot of %d SKUs as of seq %d applied",
+            warehouse,
+            len(stock),
+            as_of,
+            extra=about(warehouse),
+        )
         await out.write(sync_pb2.SyncResponse(ack=sync_pb2.Ack(up_to_seq=as_of)))
         return source
 
@@ -411,7 +466,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             f"two stores claim {warehouse}: epoch {epoch} was replaced by epoch {current} "
             f"but spoke again (from {peer}); its events are refused"
         )
-        log.error("%s", cause)
+        log.error("%s", cause, extra=about(warehouse))
         await self.inventory.note(ConflictKind.TWO_STORES, warehouse, cause)
 
     async def _epoch_replaced(self, old: WarehouseRecord, epoch: str) -> None:
@@ -426,7 +481,7 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
             f"{old.warehouse}: epoch {epoch} replaced epoch {old.epoch} (applied up to seq "
             f"{old.watermark}); {backlog}"
         )
-        log.warning("%s", cause)
+        log.warning("%s", cause, extra=about(old.warehouse))
         await self.inventory.note(ConflictKind.EPOCH_REPLACED, old.warehouse, cause, units)
 
     def _start_picks(
@@ -446,6 +501,27 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         while True:
             for pick in await queue.get():
                 await out.write(wire.pick_message(pick))
+
+    async def _stall_watch(self, session: HubSession) -> str:
+        """Return (why) once the agent has reported events pending and the
+        watermark has stood still for ``stall_after_s`` while streaming."""
+        stall_after = self.stall_after_s
+        mark, since = session.watermark, time.monotonic()
+        while True:
+            await asyncio.sleep(min(1.0, stall_after / 4))
+            now = time.monotonic()
+            if (
+                session.watermark != mark
+                or session.lag_events == 0
+                or session.state is not HubState.STREAMING
+            ):
+                mark, since = session.watermark, now
+            elif now - since >= stall_after:
+                return (
+                    f"watermark {mark} has not moved for {now - since:.0f} s while the agent "
+                    f"reports {session.lag_events} events pending (stall_after_s = "
+                    f"{stall_after:g})"
+                )
 
     async def _ping(self, out: wire.SerialWriter) -> None:
         while True:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import click
 
+from stocksync import logs
 from stocksync.config import AgentConfig, ConfigError, HubConfig, load
 
 __all__ = [
@@ -43,13 +42,9 @@ def load_config(cls: type[C], config_file: str | None, flags: Mapping[str, Any])
         raise click.UsageError(str(e)) from None
 
 
-def setup_logging(verbose: bool) -> None:
-    """Log to stderr, one line per record."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(verbose: bool, fmt: str = "text", warehouse: str = "") -> None:
+    """Log to stderr, one line per record (:mod:`stocksync.logs`)."""
+    logs.setup_logging(verbose, fmt, warehouse)
 
 
 GC_GEN0_THRESHOLD = 50_000

@@ -78,6 +78,14 @@ def check_local_address(address: str) -> str:
     return address
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _check_log_format(value: str) -> None:
+    if value not in LOG_FORMATS:
+        raise ConfigError(f"log_format: must be text or json, got {value!r}")
+
+
 def _check_synchronous(value: str) -> None:
     try:
         check_synchronous(value)
@@ -187,6 +195,17 @@ class AgentConfig:
         "Where the daemon serves its local API for producers: unix:PATH or a loopback "
         "HOST:PORT, never a network address. Empty: no local API.",
     )
+    metrics: str = _knob(
+        "",
+        "HOST:PORT where the daemon serves Prometheus /metrics (no authentication: bind it "
+        "where only Prometheus reaches). Empty: no metrics listener.",
+    )
+    stall_after_s: float = _knob(
+        60.0,
+        "Events pending and no ack from the hub for this long: the stream is stalled; it is "
+        "logged, counted and made again.",
+    )
+    log_format: str = _knob("text", "Log lines as text (for people) or json (one object a line).")
 
     def validate(self) -> AgentConfig:
         """Check every field; returns self.
@@ -220,6 +239,10 @@ class AgentConfig:
                 check_local_address(self.local_api)
             except ValueError as e:
                 raise ConfigError(f"local_api: {e}") from None
+        if self.metrics:
+            _check_listen("metrics", self.metrics)
+        _check_range("stall_after_s", self.stall_after_s, 1, 86_400)
+        _check_log_format(self.log_format)
         _check_tls(self)
         return self
 
@@ -321,6 +344,12 @@ class HubConfig:
     webhook_retention_hours: float = _knob(
         168.0, "Delivered webhook events older than this are pruned (never undelivered ones)."
     )
+    stall_after_s: float = _knob(
+        60.0,
+        "An agent reporting events pending while the watermark has not moved for this long: "
+        "its stream is stalled; it is logged, counted and ended (the agent reconnects).",
+    )
+    log_format: str = _knob("text", "Log lines as text (for people) or json (one object a line).")
 
     def validate(self) -> HubConfig:
         """Check every field; returns self.
@@ -361,6 +390,8 @@ class HubConfig:
         backoff_max = self.webhook_backoff_max_s
         _check_range("webhook_backoff_max_s", backoff_max, self.webhook_backoff_initial_s, 3600)
         _check_range("webhook_retention_hours", self.webhook_retention_hours, 0, 87_600)
+        _check_range("stall_after_s", self.stall_after_s, 1, 86_400)
+        _check_log_format(self.log_format)
         _check_tls(self)
         self._check_callers()
         return self

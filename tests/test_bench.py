@@ -1,10 +1,13 @@
-"""``stocksync.tools.bench`` (hub/bench.py): it runs end to end and reports sanely.
+"""``stocksync-bench`` and ``stocksync-hub bench`` (tools/benchmarks/): they run and report sanely.
 
-One small run of the real command (3,000 events, 50 SKUs, each measurement
-twice) as a subprocess;
-the tests check the JSON it prints is complete and self-consistent, that the
-human table renders it, and that SIGTERM or Ctrl-C stops its hub and agent
-subprocesses. No test asserts speed: this machine is shared.
+One small run of ``stocksync-hub bench`` (3,000 events, 50 SKUs, each
+measurement twice) as a subprocess: the JSON it prints is complete and
+self-consistent, the human table renders it, and SIGTERM or Ctrl-C stops its
+hub and agent subprocesses. Then every ``stocksync-bench`` scenario at a tiny
+size, so the harness cannot rot: the shapes and invariants of what it
+reports (every event counted, nothing oversold), never a timing — this
+machine is shared. The NATS JetStream peer runs where NATS answers at
+127.0.0.1:4222 and is skipped, saying why, where it does not.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pytest
 from conftest import HUB, run_cli, wait_until
 
 from stocksync.events import EventRow, validate_new_event
-from stocksync.tools.bench import format_table, make_events, raw_apply
+from stocksync.tools.benchmarks.catchup import format_table, make_events, raw_apply
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +180,144 @@ def test_a_signal_stops_the_hub_and_agent(sig: signal.Signals) -> None:
             bench.wait(10)
 
 
-def test_reserve_bench_sells_out_exactly_and_compares_with_echo(tmp_path: Path) -> None:
-    from stocksync.tools import reserve_bench
+# -- stocksync-bench: every scenario, tiny ---------------------------------------------
 
-    figures = reserve_bench.run(callers=20, attempts=300, units=100, workdir=tmp_path)
+TINY: dict[str, dict[str, Any]] = {
+    "ingest": {"agents": [1, 2], "events": 600},
+    "catch-up": {"events": 2000, "skus": 50},
+    "record": {"singles": 20, "processes": 2, "rows": 500},
+    "latency": {"watchers": 3, "rate": 200, "seconds": 0.3},
+    "wan": {"events": 1000, "delay_ms": 20, "live_events": 5, "live_rate": 50},
+    "fanout": {"rooms": [1, 3], "watchers": 6, "updates": 30, "rate": 200},
+    "slow-watchers": {"watchers": 20, "updates": 30, "rate": 100, "slow_share": 0.1},
+    "reserve": {"callers": 20, "attempts": 300, "units": 100},
+    "footprint": {"skus": 50, "warehouses": 2, "idle_s": 0.5},
+}
+
+
+@pytest.fixture(scope="module")
+def peer_reason() -> str:
+    """'' where the NATS JetStream peer can run, else why not."""
+    from stocksync.tools.benchmarks.peer import unavailable
+
+    return unavailable()
+
+
+def _scenario(name: str, peer: str = "--no-peer") -> dict[str, Any]:
+    from stocksync.tools.benchmarks.cli import run_scenario
+
+    result = run_scenario(name, TINY[name], peer).as_dict()
+    assert result["scenario"] == name
+    assert result["rows"], result
+    for row in result["rows"]:
+        assert row["value"] >= 0, row
+        for against in row["against"]:
+            assert against["value"] > 0 or row["unit"] == "units", row
+            assert against["ratio"] == pytest.approx(row["value"] / against["value"])
+    json.dumps(result)  # plain data, as --out writes it
+    return result
+
+
+def test_every_scenario_has_tiny_and_quick_and_full_sizes() -> None:
+    from stocksync.tools.benchmarks.cli import PRESETS, SCENARIOS
+
+    assert set(TINY) == set(SCENARIOS) == set(PRESETS)
+    for name, sizes in PRESETS.items():
+        assert set(sizes["quick"]) == set(sizes["full"]) == set(TINY[name]), name
+
+
+def test_ingest_counts_every_event_from_every_agent() -> None:
+    result = _scenario("ingest")
+    for run in result["details"]["runs"]:
+        assert run["events"] == 600 // run["agents"] * run["agents"]
+        assert run["record_to_applied"]["count"] > 0
+        assert run["hub_cpu_pct"] >= 0 and run["agent_cpu_pct_avg"] >= 0
+    assert [r["agents"] for r in result["details"]["runs"]] == [1, 2]
+
+
+def test_catchup_is_held_against_raw_sqlite_bidi_and_the_peer(peer_reason: str) -> None:
+    result = _scenario("catch-up", peer_reason)
+    details = result["details"]
+    assert details["verified"] is True
+    assert details["bidi"]["events"] == 2000
+    names = [a["name"] for a in result["rows"][0]["against"]]
+    assert names[:2] == ["raw sqlite3 batched apply", "grpc.aio bidi stream, same batches"]
+    if not peer_reason:
+        assert details["peer"]["events"] == 2000
+        assert result["rows"][0]["against"][2]["kind"] == "peer"
+
+
+def test_record_stores_every_row_on_both_sides() -> None:
+    details = _scenario("record")["details"]
+    assert details["import"]["stored"] == details["raw_import"]["rows"] == 500
+    assert details["local_api"]["call"]["count"] == 20
+    assert details["cli"]["call"]["count"] == details["raw_process"]["call"]["count"] == 2
+
+
+def test_latency_times_every_event_at_the_hub_and_every_watcher(peer_reason: str) -> None:
+    result = _scenario("latency", peer_reason)
+    sides = ["stocksync"] if peer_reason else ["stocksync", "peer"]
+    for side in sides:
+        figures = result["details"][side]
+        events = figures["events"]
+        assert events == 60
+        assert figures["applied"]["count"] == events
+        assert figures["watchers"]["count"] == 3 * events
+        assert figures["watchers"]["watchers_missing_events"] == 0
+        for part in ("applied", "watchers"):
+            f = figures[part]
+            assert 0 < f["p50_ms"] <= f["p99_ms"] <= f["p999_ms"] <= f["max_ms"]
+
+
+def test_the_peer_pipeline_applies_every_event(peer_reason: str, tmp_path: Path) -> None:
+    if peer_reason:
+        pytest.skip(f"the NATS peer cannot run here: {peer_reason}")
+    from stocksync.tools.benchmarks import peer
+
+    rows = [
+        EventRow(seq, f"id-{seq}", f"SKU-{seq % 3}", 1, 2, 2, "", "", 0, 0) for seq in range(1, 301)
+    ]
+    figures = peer.catchup(rows, tmp_path)
+    assert figures["events"] == 300
+    with sqlite3.connect(tmp_path / "peer-hub.db") as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 300
+        stock = dict(conn.execute("SELECT sku, on_hand FROM stock"))
+    assert stock == {"SKU-0": 200, "SKU-1": 200, "SKU-2": 200}
+    with sqlite3.connect(tmp_path / "peer-outbox.db") as conn:
+        assert conn.execute("SELECT count(*) FROM outbox WHERE published = 0").fetchone()[0] == 0
+
+
+def test_wan_catches_up_through_the_proxy_and_times_live_events() -> None:
+    result = _scenario("wan")
+    for side in ("loopback", "wan"):
+        assert result["details"][side]["live"]["count"] == 5
+    assert result["rows"][1]["against"][0]["value"] == 20
+
+
+def test_fanout_delivers_every_change_to_every_watcher_both_ways() -> None:
+    result = _scenario("fanout")
+    runs = result["details"]["runs"]
+    assert [r["rooms"] for r in runs] == [1, 3]
+    for run in runs:
+        for mode in ("rooms_servicer", "plain"):
+            figures = run[mode]
+            assert figures["pairs"] == figures["expected_pairs"] > 0
+    # Plain sends every message: each watcher gets its room's every change.
+    one_room = runs[0]["plain"]
+    assert one_room["messages"] == 6 * 30
+
+
+def test_slow_watchers_leave_the_others_every_change() -> None:
+    details = _scenario("slow-watchers")["details"]
+    for key in ("without", "with_slow"):
+        assert details[key]["pairs"] == details[key]["expected_pairs"] > 0
+    # 2 of 20 watchers are slow: the others' pairs are 18 x 30.
+    assert details["with_slow"]["expected_pairs"] == 18 * 30
+    assert details["without"]["expected_pairs"] == 20 * 30
+
+
+def test_reserve_sells_out_exactly_and_compares_with_echo() -> None:
+    figures = _scenario("reserve")["details"]
     assert figures["echo"]["codes"] == {"OK": 300}
     assert figures["reserve"]["codes"] == {"OK": 100, "RESOURCE_EXHAUSTED": 200}
     assert (figures["granted_units"], figures["held_at_hub"], figures["sellable_after"]) == (
@@ -189,12 +326,42 @@ def test_reserve_bench_sells_out_exactly_and_compares_with_echo(tmp_path: Path) 
         0,
     )
     assert figures["oversold"] == 0 and figures["check"] == "ok"
-    assert figures["ratio"] > 0
 
 
-def test_room_latency_bench_times_every_event_at_every_watcher(tmp_path: Path) -> None:
-    from stocksync.tools import room_latency_bench
+def test_footprint_measures_both_daemons() -> None:
+    details = _scenario("footprint")["details"]
+    assert details["idle"]["agent_rss_mib"] > 0
+    assert details["idle"]["agent_cpu_pct"] >= 0
+    assert details["loaded"]["stock_rows"] == 100
+    assert details["loaded"]["hub_peak_mib"] >= details["loaded"]["hub_rss_mib"] > 0
 
-    figures = room_latency_bench.run(watchers=3, events=30, rate=100, workdir=tmp_path)
-    assert figures["samples"] == 90
-    assert 0 < figures["p50_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+
+BENCH = str(Path(HUB).with_name("stocksync-bench"))
+
+
+def test_the_command_prints_the_table_and_writes_json(tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    params = [f"--param={k}={v}" for k, v in TINY["reserve"].items()]
+    proc = subprocess.run(
+        [BENCH, "reserve", *params, "--no-peer", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "grpc.aio unary echo" in proc.stdout and "held against" in proc.stdout
+    report = json.loads(out.read_text())
+    assert set(report["machine"]) >= {"nproc", "ram_gib", "cpu_model", "load_avg"}
+    assert set(report["versions"]) >= {"python", "grpcio", "sqlite"}
+    assert report["versions"]["grpcio"]
+    assert [s["scenario"] for s in report["scenarios"]] == ["reserve"]
+    assert report["scenarios"][0]["params"]["callers"] == 20
+
+
+def test_a_size_the_scenario_lacks_is_one_line_error() -> None:
+    proc = subprocess.run(
+        [BENCH, "reserve", "--param", "watchers=5"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert "watchers: not a size of reserve" in proc.stderr
+    assert "Traceback" not in proc.stderr

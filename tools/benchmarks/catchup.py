@@ -1,4 +1,4 @@
-"""``stocksync-hub bench``: catch-up throughput against raw SQLite.
+"""Catch-up throughput against raw SQLite (``stocksync-bench catch-up``, ``stocksync-hub bench``).
 
 One run measures, on this machine and in this order:
 
@@ -48,9 +48,10 @@ from stocksync.config import AgentConfig, load
 from stocksync.events import EventRow, Kind, NewEvent
 from stocksync.hub.sqlite_schema import MIGRATIONS
 from stocksync.hub.sqlite_store import UPSERT_STOCK, apply_rows, insert_event_sql
+from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s, rss_kb
 from stocksync.tools.procs import AgentChild, Child, ChildDied, HubChild
 
-__all__ = ["bench", "run_bench"]
+__all__ = ["bench", "run_bench", "scenario"]
 
 WAREHOUSE = "WH-BENCH"
 RATIO_TARGET = 0.5
@@ -162,36 +163,21 @@ def start_agent(tmp: Path, db: Path, port: int) -> Child:
 class HubWatermark:
     """Reads the warehouse's current watermark from the hub's file, read-only."""
 
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    def __init__(self, path: Path, warehouse: str = WAREHOUSE) -> None:
+        self.conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False
+        )
+        self.warehouse = warehouse
 
     def __call__(self) -> int:
         try:
-            row = self.conn.execute(_WATERMARK_SQL, (WAREHOUSE,)).fetchone()
+            row = self.conn.execute(_WATERMARK_SQL, (self.warehouse,)).fetchone()
         except sqlite3.OperationalError:  # tables not created yet
             return 0
         return int(row[0]) if row else 0
 
     def close(self) -> None:
         self.conn.close()
-
-
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in kB, from /proc/<pid>/status."""
-    fields: dict[str, int] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                fields[key] = int(value.split()[0])
-    return fields["VmRSS"], fields["VmHWM"]
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _logged_at(log_text: str, needle: str) -> float | None:
@@ -383,7 +369,13 @@ def _catchup_once(
 
 
 def run_bench(
-    events: int, skus: int, batch: int, tmp: Path, say: Callable[[str], None], repeat: int = 1
+    events: int,
+    skus: int,
+    batch: int,
+    tmp: Path,
+    say: Callable[[str], None],
+    repeat: int = 1,
+    with_rows: Callable[[list[EventRow]], None] | None = None,
 ) -> dict[str, Any]:
     """Run all four measurements in ``tmp``; returns the result as plain data.
 
@@ -406,6 +398,8 @@ def run_bench(
 
     say(f"(a) raw sqlite3: {events:,} events in batches of {batch}, {repeat}x")
     result.update(measure_raw(tmp, rows, batch, repeat))
+    if with_rows is not None:
+        with_rows(rows)
     del rows
 
     children: list[Child] = []
@@ -674,3 +668,63 @@ def bench(events: int, skus: int, batch: int, repeat: int, as_json: bool) -> Non
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(format_table(result))
+
+
+def scenario(
+    events: int, skus: int, tmp: Path, say: Callable[[str], None], peer_reason: str
+) -> Scenario:
+    """The ``catch-up`` scenario: :func:`run_bench` with the bidi limit and the peer.
+
+    Args:
+        peer_reason: '' to run the peer too, else why it is skipped.
+    """
+    from stocksync.tools.benchmarks import peer
+    from stocksync.tools.benchmarks.limits import bidi_stream, sync_batches
+
+    config = load(AgentConfig, flags={"warehouse": WAREHOUSE, "insecure": True})
+    extra: dict[str, Any] = {}
+
+    def limits(rows: list[EventRow]) -> None:
+        say("catch-up: the same batches over a bare grpc.aio bidi stream")
+        window = max(1, config.window_events // config.max_batch_events)
+        extra["bidi"] = bidi_stream(sync_batches(rows, config.max_batch_events), window)
+        if not peer_reason:
+            say("catch-up: the peer (outbox -> JetStream -> SQLite) on the same events")
+            (tmp / "peer").mkdir()
+            extra["peer"] = peer.catchup(rows, tmp / "peer")
+
+    r = run_bench(events, skus, 500, tmp, say, 1, with_rows=limits)
+    r.update(extra)
+    cu = r["catchup"]
+    against = [
+        Against("raw sqlite3 batched apply", r["raw"]["events_per_s"]),
+        Against("grpc.aio bidi stream, same batches", extra["bidi"]["events_per_s"]),
+    ]
+    if "peer" in extra:
+        against.append(Against("outbox->JetStream->SQLite", extra["peer"]["events_per_s"], "peer"))
+    rows = [
+        Row(
+            f"{events:,} events: agent start -> applied",
+            cu["events_per_s"],
+            "ev/s",
+            against,
+            ">= 0.7 x raw sqlite3, >= 1.5 x peer",
+        )
+    ]
+    if cu["stream_events_per_s"] is not None:
+        rows.append(
+            Row(
+                "  streaming, after the first batch",
+                cu["stream_events_per_s"],
+                "ev/s",
+                [Against("raw sqlite3 batched apply", r["raw"]["events_per_s"])],
+            )
+        )
+    rows.append(Row("  hub CPU per event", cu["hub_cpu_s"] / events * 1e6, "us", []))
+    return Scenario(
+        "catch-up",
+        {"events": events, "skus": skus, "batch": config.max_batch_events},
+        rows,
+        r,
+        skipped=peer_reason and f"peer: {peer_reason}",
+    )

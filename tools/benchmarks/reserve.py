@@ -1,8 +1,8 @@
 """Reserves on one hot SKU from many concurrent callers, against a plain
 grpc.aio unary echo, in one run.
 
-    python -m stocksync.tools.reserve_bench                  # 1,000 callers
-    python -m stocksync.tools.reserve_bench --callers 50 --attempts 2000 --json
+    stocksync-bench reserve                  # 1,000 callers
+    stocksync-bench reserve --callers 50 --attempts 2000 --json
 
 One run, over loopback:
 
@@ -26,27 +26,23 @@ anything was oversold: granted units beyond the units there were (must be 0).
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import click
 import grpc
 
+from stocksync.tools.benchmarks.common import Against, Row, Scenario
+from stocksync.tools.benchmarks.limits import ECHO_METHOD, echo_server
 from stocksync.tools.procs import AgentChild, HubChild, command, wait_for
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
 
-__all__ = ["main", "run"]
+__all__ = ["run", "scenario"]
 
 SKU = "HOT-LIP-01"
 WAREHOUSES = ("WH-LAX", "WH-FRA", "WH-CGK")
 CHANNELS = 10
-ECHO_METHOD = "/stocksync.bench.Echo/Echo"
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -111,36 +107,6 @@ def _payload(room: str) -> bytes:
     return request.SerializeToString()
 
 
-def _start_echo() -> tuple[subprocess.Popen[bytes], str]:
-    child = subprocess.Popen(
-        [sys.executable, "-m", "stocksync.tools.reserve_bench", "--echo-server"],
-        stdout=subprocess.PIPE,
-    )
-    assert child.stdout is not None
-    line = child.stdout.readline().decode().strip()
-    if not line.isdigit():
-        child.kill()
-        raise click.ClickException(f"the echo server failed to start: {line!r}")
-    return child, f"127.0.0.1:{line}"
-
-
-async def _echo_server() -> None:
-    server = grpc.aio.server()
-
-    async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-        return request
-
-    handler = grpc.method_handlers_generic_handler(
-        "stocksync.bench.Echo",
-        {"Echo": grpc.unary_unary_rpc_method_handler(echo)},
-    )
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    print(port, flush=True)
-    await server.wait_for_termination()
-
-
 def _stock(target: str) -> inventory_pb2.SkuSummary:
     with grpc.insecure_channel(target) as ch:
         stub = inventory_pb2_grpc.InventoryServiceStub(ch)
@@ -167,12 +133,8 @@ def _seed(workdir: Path, units: int) -> list[Path]:
 def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any]:
     """Echo, then reserve, with the same callers; the figures of both and the outcome."""
     payload = _payload("live-bench")
-    echo_child, echo_target = _start_echo()
-    try:
+    with echo_server() as echo_target:
         echo = asyncio.run(_callers(echo_target, ECHO_METHOD, callers, attempts, payload))
-    finally:
-        echo_child.kill()
-        echo_child.wait()
 
     dbs = _seed(workdir, units)
     hub = HubChild(workdir / "hub.db", workdir / "hub.log")
@@ -217,43 +179,29 @@ def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any
     }
 
 
-@click.command()
-@click.option("--callers", default=1000, show_default=True, help="Concurrent callers.")
-@click.option("--attempts", default=20_000, show_default=True, help="Reserve calls in all.")
-@click.option(
-    "--units",
-    default=10_000,
-    show_default=True,
-    help="Units of the hot SKU over three warehouses (fewer than attempts: it sells out).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-@click.option("--echo-server", is_flag=True, hidden=True)
-def main(callers: int, attempts: int, units: int, as_json: bool, echo_server: bool) -> None:
-    """Reserve on one hot SKU with many callers, next to a plain unary echo."""
-    if echo_server:
-        asyncio.run(_echo_server())
-        return
-    with tempfile.TemporaryDirectory(prefix="reserve-bench-") as tmp:
-        figures = run(callers, attempts, units, Path(tmp))
-    if as_json:
-        click.echo(json.dumps(figures))
-        return
-    e, r = figures["echo"], figures["reserve"]
-    click.echo(
-        f"{callers} callers, {attempts} calls, {units} units of one SKU "
-        f"(machine: {os.cpu_count()} cores)"
+def scenario(callers: int, attempts: int, units: int, workdir: Path) -> Scenario:
+    """The ``reserve`` scenario: :func:`run`, as rows against the unary echo."""
+    f = run(callers, attempts, units, workdir)
+    e, r = f["echo"], f["reserve"]
+    size = f"{callers:,} callers, 1 hot SKU"
+    return Scenario(
+        "reserve",
+        {"callers": callers, "attempts": attempts, "units": units},
+        [
+            Row(
+                f"{size}: reserves/s",
+                r["calls_per_s"],
+                "calls/s",
+                [Against("grpc.aio unary echo, same callers", e["calls_per_s"])],
+                ">= 0.6 x unary echo",
+            ),
+            Row(
+                f"{size}: p99 per call",
+                r["p99_ms"],
+                "ms",
+                [Against("grpc.aio unary echo p99", e["p99_ms"])],
+            ),
+            Row(f"oversold units (check: {f['check']})", f["oversold"], "units", [], "0"),
+        ],
+        f,
     )
-    click.echo(f"{'':10}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}  codes")
-    for name, f in (("echo", e), ("reserve", r)):
-        click.echo(f"{name:10}{f['calls_per_s']:>10}{f['p50_ms']:>9}{f['p99_ms']:>9}  {f['codes']}")
-    click.echo(
-        f"reserve / echo: {figures['ratio']}; granted {figures['granted_units']} of "
-        f"{units} units; held at the hub {figures['held_at_hub']}; "
-        f"oversold {figures['oversold']}; check: {figures['check']}"
-    )
-    if figures["oversold"] or figures["check"] != "ok":
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,141 @@
+"""The raw limits each scenario is held against: gRPC alone, in a process of its own.
+
+- **unary echo** (``/stocksync.bench.Echo/Echo``): returns the request bytes.
+  Held against ``Reserve`` and the local API's ``Record``.
+- **bidi stream** (``/stocksync.bench.Echo/Stream``): reads each message and
+  answers a 9-byte ack, as the hub acks a batch; the client keeps as many
+  batches in flight as the agent's window allows. Held against catch-up and
+  ingest, with the very batch bytes the agent would send.
+- The server-stream fan-out is :class:`~stocksync.tools.benchmarks.fanout.PlainFanout`;
+  the raw sqlite3 apply is :func:`~stocksync.tools.benchmarks.catchup.raw_apply`.
+
+The server runs as ``python -m stocksync.tools.benchmarks.limits``, which
+prints its port and serves until killed; :func:`echo_server` starts and stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import grpc
+
+from stocksync.events import EventRow
+from stocksync.tools.benchmarks.common import latency_summary
+from stocksync.wire import batch_message
+
+__all__ = ["ECHO_METHOD", "STREAM_METHOD", "bidi_stream", "echo_server", "sync_batches"]
+
+ECHO_METHOD = "/stocksync.bench.Echo/Echo"
+STREAM_METHOD = "/stocksync.bench.Echo/Stream"
+ACK = b"\x08" + (1).to_bytes(8, "little")
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[str]:
+    """The echo server in a child process; yields its HOST:PORT, kills it after."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "stocksync.tools.benchmarks.limits"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline().decode().strip()
+        if not line.isdigit():
+            raise RuntimeError(f"the echo server failed to start: {line!r}")
+        yield f"127.0.0.1:{line}"
+    finally:
+        child.kill()
+        child.wait()
+
+
+async def _serve() -> None:
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: Any) -> bytes:
+        return request
+
+    async def stream(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            yield ACK
+
+    handler = grpc.method_handlers_generic_handler(
+        "stocksync.bench.Echo",
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+            "Stream": grpc.stream_stream_rpc_method_handler(stream),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def sync_batches(rows: Sequence[EventRow], batch: int) -> list[tuple[int, bytes]]:
+    """The agent's ``SyncRequest`` batches of ``rows``, serialized: (events, bytes) each."""
+    return [
+        (len(rows[i : i + batch]), batch_message(rows[i : i + batch]).SerializeToString())
+        for i in range(0, len(rows), batch)
+    ]
+
+
+async def _bidi(target: str, batches: Sequence[tuple[int, bytes]], window: int) -> dict[str, Any]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await channel.channel_ready()
+        call: Any = channel.stream_stream(STREAM_METHOD)()
+        room = asyncio.Semaphore(window)
+        sent: list[float] = []
+        acked: list[float] = []
+        started = time.perf_counter()
+
+        async def send() -> None:
+            for _, data in batches:
+                await room.acquire()
+                sent.append(time.perf_counter())
+                await call.write(data)
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(send())
+        for _ in batches:
+            await call.read()
+            acked.append(time.perf_counter())
+            room.release()
+        await writer
+        elapsed = time.perf_counter() - started
+    events = sum(n for n, _ in batches)
+    return {
+        "events": events,
+        "batches": len(batches),
+        "window_batches": window,
+        "seconds": elapsed,
+        "events_per_s": events / elapsed,
+        "ack": latency_summary(a - s for a, s in zip(acked, sent, strict=True)),
+    }
+
+
+def bidi_stream(
+    batches: Sequence[tuple[int, bytes]], window: int, target: str | None = None
+) -> dict[str, Any]:
+    """One bidi stream carrying ``batches``, ``window`` of them unacked at most.
+
+    Args:
+        batches: (events, serialized SyncRequest) pairs, from :func:`sync_batches`.
+        window: batches in flight at most (the agent's window / batch size).
+        target: a running echo server; None starts one for the call.
+    """
+    if target is not None:
+        return asyncio.run(_bidi(target, batches, window))
+    with echo_server() as started:
+        return asyncio.run(_bidi(started, batches, window))
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve())
