@@ -518,13 +518,21 @@ class AgentLink:
     async def _stall_watch(self, session: AgentSession) -> None:
         """Raise :class:`Stalled` once events have been pending with no ack
         for ``stall_after_s``: a stream that looks up but moves nothing (a
-        hub stuck on its disk, a half-dead proxy) is dropped and made again."""
+        hub stuck on its disk, a half-dead proxy) is dropped and made again.
+
+        Not while a snapshot is being applied: a big one may take the hub
+        longer, and the hub bounds that phase itself (``snapshot_timeout_s``).
+        """
         stall_after = self.config.stall_after_s
         acked, since = session.acked, time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, stall_after / 4))
             now = time.monotonic()
-            if session.acked != acked or self.store.high_seq() <= session.acked:
+            if (
+                session.acked != acked
+                or session.state is not AgentState.STREAMING
+                or self.store.high_seq() <= session.acked
+            ):
                 acked, since = session.acked, now
             elif now - since >= stall_after:
                 pending = self.store.high_seq() - session.acked

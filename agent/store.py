@@ -29,6 +29,7 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import io
 import itertools
 import json
 import logging
@@ -36,20 +37,29 @@ import operator
 import os
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import sqlite_utils
-from uuid6 import uuid7
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stocksync.agent.compaction import Fold, fold
+from stocksync.agent.event_ids import block
 from stocksync.agent.wake import notify
 from stocksync.clock import wall_ms
 from stocksync.errors import Status, StocksyncError
-from stocksync.events import EventRow, InvalidEvent, Kind, NewEvent, plain_delta, validate_new_event
+from stocksync.events import (
+    MAX_QUANTITY,
+    MAX_REASON_LEN,
+    WELL_FORMED_SKUS,
+    EventRow,
+    InvalidEvent,
+    Kind,
+    NewEvent,
+    plain_delta,
+    sku_ok,
+    validate_new_event,
+)
 from stocksync.sqlite import (
     AGENT_APPLICATION_ID,
     HUB_APPLICATION_ID,
@@ -59,25 +69,56 @@ from stocksync.sqlite import (
     error_kind,
 )
 
+if TYPE_CHECKING:
+    # Loaded by the migrations only (~60 ms): short commands on a current
+    # store never need it.
+    import sqlite_utils
+
 __all__ = [
     "AgentStore",
     "Backlog",
     "DaemonState",
     "StoreError",
+    "csv_entries",
     "describe",
     "parse_events_csv",
+    "plain_columns_ok",
+    "read_csv_entries",
     "status_info",
 ]
 
 log = logging.getLogger("stocksync.agent")
 
 _EVENT_COLUMNS = ", ".join(EventRow._fields)
-_INSERT_EVENT = (
+_INSERT_ROW = (
     f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * len(EventRow._fields))})"
 )
+"""Insert a whole EventRow (a folded one too)."""
 _BASE_COLUMNS = frozenset(EventRow._fields) - {"folded_from_seq"}
 """The columns every agent store's events table has (folded_from_seq came later)."""
 _SEQ = operator.itemgetter(0)
+
+Entry = tuple[str, int, int, str, str, int | None]
+"""A :class:`NewEvent`'s fields as a plain tuple, (sku, kind, quantity,
+reason, reservation_id, as_of_seq): what the bulk paths hand
+:meth:`AgentStore.record_entries`, so no object is built per event."""
+
+PROGRESS_EVERY = 1000
+"""Events recorded between two progress reports (and two ``executemany``)."""
+
+_RECORD_COLUMNS = ", ".join(EventRow._fields[:10])
+_INSERT_EVENT = f"INSERT INTO events ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+"""Insert a recorded event (never folded: folded_from_seq keeps its default 0)."""
+_ADD_STOCK = (
+    "INSERT INTO stock(sku, on_hand) VALUES (?, ?) "
+    "ON CONFLICT(sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand"
+)
+# Plain ints: compared once per event on the recording hot path.
+_RECEIVE, _SHIP, _ADJUST, _COUNT = (int(k) for k in Kind)
+_PLAIN_KINDS = frozenset((_RECEIVE, _SHIP, _ADJUST))
+_KIND_TYPES = frozenset((int, Kind))
+_SIGN = {_RECEIVE: 1, _SHIP: -1, _ADJUST: 1}
+"""A plain event's delta is its quantity times this."""
 
 PRUNE_BATCH_ROWS = 5000
 """Most events one pruning transaction deletes: short enough that a ``record``
@@ -287,7 +328,6 @@ class AgentStore:
                         _identify(probe, self.path)
                 conn = connect(self.path, sync, busy_timeout_ms)
             self.conn = conn
-            self.db = sqlite_utils.Database(self.conn)
             if not read_only:
                 self._migrate()
         except (sqlite3.Error, StoreError) as e:
@@ -304,11 +344,14 @@ class AgentStore:
         # on a full disk as long as they only read.
         if self.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
             return
+        import sqlite_utils
+
         with self.write():
             # Again under the write lock: another process may have got here first.
             version = _identify(self.conn, self.path)
+            db = sqlite_utils.Database(self.conn)
             for step in MIGRATIONS[version:]:
-                step(self.db)
+                step(db)
             self.conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     def close(self) -> None:
@@ -460,47 +503,100 @@ class AgentStore:
         Raises:
             InvalidEvent: for the first bad event; nothing is stored then.
         """
+        return self.record_entries(
+            ((e.sku, e.kind, e.quantity, e.reason, e.reservation_id, e.as_of_seq) for e in events),
+            on_progress,
+            now_ms,
+        )
+
+    def record_entries(
+        self,
+        entries: Iterable[Entry],
+        on_progress: Callable[[int], None] | None = None,
+        now_ms: int | None = None,
+    ) -> list[int]:
+        """:meth:`record_many` for events given as :data:`Entry` tuples.
+
+        The bulk path (``import``, the local API): no object per event. The
+        entries go ``PROGRESS_EVERY`` at a time; a run of plain RECEIVE, SHIP
+        and ADJUST events is checked a column at a time and its rows built
+        with ``zip`` (:func:`_plain_rows`); anything else (a COUNT, a
+        settling SHIP, a bad event) goes one by one through the full rules,
+        so errors read the same. Stock changes are summed per SKU and
+        written once, before the next COUNT (which reads them) or at the end.
+
+        Raises:
+            InvalidEvent: for the first bad event; nothing is stored then.
+        """
         stamp = _now_ms() if now_ms is None else now_ms
-        seqs: list[int] = []
+        moved: dict[str, int] = {}
         with self.write() as conn:
             high = self.high_seq()
+            first = high + 1
             pruned = self.pruned_through()
-            for i, event in enumerate(events, start=1):
-                validate_new_event(event)
-                delta = self._delta(conn, event, high, pruned)
-                high += 1
-                as_of = event.as_of_seq if event.as_of_seq is not None else high - 1
-                conn.execute(
-                    _INSERT_EVENT,
-                    EventRow(
-                        seq=high,
-                        event_id=str(uuid7()),
-                        sku=event.sku,
-                        kind=int(event.kind),
-                        quantity=event.quantity,
-                        delta=delta,
-                        reason=event.reason,
-                        reservation_id=event.reservation_id,
-                        as_of_seq=as_of if event.kind == Kind.COUNT else 0,
-                        recorded_at_ms=stamp,
-                    ),
-                )
-                conn.execute(
-                    "INSERT INTO stock(sku, on_hand) VALUES (?, ?) "
-                    "ON CONFLICT(sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand",
-                    (event.sku, delta),
-                )
-                if event.kind == Kind.SHIP and event.reservation_id:
-                    _close_picks(conn, event.reservation_id, event.sku, event.quantity)
-                seqs.append(high)
-                if on_progress is not None and i % 1000 == 0:
-                    on_progress(i)
-        if seqs:
+            it = iter(entries)
+            while chunk := list(itertools.islice(it, PROGRESS_EVERY)):
+                ids = block(len(chunk))
+                rows = _plain_rows(chunk, high, ids, stamp, moved)
+                if rows is None:
+                    rows = self._rows_one_by_one(conn, chunk, high, pruned, ids, stamp, moved)
+                conn.executemany(_INSERT_EVENT, rows)
+                high += len(chunk)
+                if on_progress is not None:
+                    on_progress(high - first + 1)
+            conn.executemany(_ADD_STOCK, moved.items())
+        if high >= first:
             notify(self.path)  # the daemon sends them now, not at its next poll
             self.compact_if_due()
-        if on_progress is not None:
-            on_progress(len(seqs))
-        return seqs
+        return list(range(first, high + 1))
+
+    def _rows_one_by_one(
+        self,
+        conn: sqlite3.Connection,
+        chunk: list[Entry],
+        high: int,
+        pruned: int,
+        ids: list[str],
+        stamp: int,
+        moved: dict[str, int],
+    ) -> list[tuple[Any, ...]]:
+        """The rows of ``chunk`` (seqs from ``high + 1``), each by every rule;
+        ``moved`` gains their stock changes (and is written before a COUNT)."""
+        rows: list[tuple[Any, ...]] = []
+        for entry, event_id in zip(chunk, ids, strict=True):
+            # Any int as the kind: the rules name an unknown one.
+            event = validate_new_event(NewEvent(*entry))  # type: ignore[arg-type]
+            sku, kind, quantity, reason, reservation_id, as_of = entry
+            if kind == _COUNT:
+                # The rebase reads stock and events as they stand.
+                conn.executemany(_INSERT_EVENT, rows)
+                rows.clear()
+                conn.executemany(_ADD_STOCK, moved.items())
+                moved.clear()
+                delta = self._delta(conn, event, high, pruned)
+                as_of = high if as_of is None else as_of
+            else:
+                delta = plain_delta(kind, quantity)
+                as_of = 0
+            high += 1
+            rows.append(
+                (
+                    high,
+                    event_id,
+                    sku,
+                    int(kind),
+                    quantity,
+                    delta,
+                    reason,
+                    reservation_id,
+                    as_of,
+                    stamp,
+                )
+            )
+            moved[sku] = moved.get(sku, 0) + delta
+            if reservation_id and kind == _SHIP:
+                _close_picks(conn, reservation_id, sku, quantity)
+        return rows
 
     # -- pick commands -----------------------------------------------------
 
@@ -873,7 +969,7 @@ class AgentStore:
             run = [r for r in map(tuple.__new__, itertools.repeat(EventRow), cursor)]
             while run and run[0].first_seq <= horizon:
                 run.pop(0)  # a fold that straddles the horizon: in flight
-            result = fold(run, lambda: str(uuid7())) if len(run) > 1 else None
+            result = fold(run, lambda: block(1)[0]) if len(run) > 1 else None
             pending = self.pending_rows()
             if result is None or len(result.rows) >= len(run):
                 self._set_meta("compaction_floor", str(pending))
@@ -881,7 +977,7 @@ class AgentStore:
             conn.execute(
                 "DELETE FROM events WHERE seq BETWEEN ? AND ?", (result.first_seq, result.last_seq)
             )
-            conn.executemany(_INSERT_EVENT, result.rows)
+            conn.executemany(_INSERT_ROW, result.rows)
             conn.execute(
                 "INSERT INTO folds (first_seq, last_seq, events, rows, folded_at_ms) "
                 "VALUES (?, ?, ?, ?, ?) ON CONFLICT(first_seq) DO UPDATE SET "
@@ -955,6 +1051,71 @@ def _close_picks(conn: sqlite3.Connection, reservation_id: str, sku: str, units:
             (take, take, command_id),
         )
         units -= take
+
+
+def plain_columns_ok(
+    skus: Sequence[object],
+    kinds: Sequence[object],
+    quantities: Sequence[object],
+    reasons: Sequence[str],
+) -> bool:
+    """Whether every event of these columns is a well-formed plain RECEIVE,
+    SHIP or ADJUST, checked a column at a time (no Python call per event for
+    most of it). False says only "look one by one", not what is wrong.
+    """
+    if (
+        not set(map(type, kinds)) <= _KIND_TYPES
+        or set(map(type, quantities)) != {int}
+        or set(map(type, skus)) != {str}
+        or not set(kinds) <= _PLAIN_KINDS
+    ):
+        return False
+    qty: Sequence[int] = quantities  # type: ignore[assignment]
+    if 0 in qty or max(qty) > MAX_QUANTITY or min(qty) < -MAX_QUANTITY:
+        return False
+    # Only an ADJUST may take units away: the kinds of the negative ones.
+    if min(qty) < 0 and set(
+        itertools.compress(kinds, map(operator.lt, qty, itertools.repeat(0)))
+    ) != {_ADJUST}:
+        return False
+    if reasons and max(map(len, reasons)) > MAX_REASON_LEN:
+        return False
+    distinct: set[str] = set(skus)  # type: ignore[arg-type]
+    return distinct <= WELL_FORMED_SKUS or all(map(sku_ok, distinct - WELL_FORMED_SKUS))
+
+
+def _plain_rows(
+    chunk: list[Entry], high: int, ids: list[str], stamp: int, moved: dict[str, int]
+) -> list[tuple[Any, ...]] | None:
+    """The rows of ``chunk`` (seqs from ``high + 1``) if every event in it is
+    plainly well-formed and settles no reservation, ``moved`` gaining their
+    stock changes; else None, ``moved`` untouched."""
+    skus, kinds, quantities, reasons, reservation_ids, as_ofs = zip(*chunk, strict=True)
+    if any(reservation_ids) or as_ofs.count(None) != len(as_ofs):
+        return None
+    if not plain_columns_ok(skus, kinds, quantities, reasons):
+        return None
+    kinds = tuple(map(int, kinds))
+    deltas = list(map(operator.mul, quantities, map(_SIGN.__getitem__, kinds)))
+    get = moved.get
+    for sku, delta in zip(skus, deltas, strict=True):
+        moved[sku] = get(sku, 0) + delta
+    n = len(chunk)
+    return list(
+        zip(
+            range(high + 1, high + 1 + n),
+            ids,
+            skus,
+            kinds,
+            quantities,
+            deltas,
+            reasons,
+            itertools.repeat("", n),
+            itertools.repeat(0, n),
+            itertools.repeat(stamp, n),
+            strict=False,
+        )
+    )
 
 
 def status_info(store: AgentStore) -> dict[str, Any]:
@@ -1060,40 +1221,168 @@ def _open_failure(path: Path, error: sqlite3.Error) -> str:
     return f"cannot open agent store {path}: {describe(error)}"
 
 
+def read_csv_entries(text: str) -> list[Entry]:
+    """Every row of a whole CSV text (``sku,kind,qty[,reason]``, a header
+    allowed) as checked :data:`Entry` tuples, for ``import``.
+
+    A file of plain RECEIVE, SHIP and ADJUST rows is read a column at a time;
+    anything else (a COUNT, a blank line, odd spacing, a bad row) is read row
+    by row by :func:`csv_entries`, which names the line of a bad one.
+
+    Raises:
+        InvalidEvent: naming the line of the first malformed row.
+    """
+    rows = _split_csv(text)
+    entries = _plain_csv(rows) if rows else None
+    if entries is None:
+        entries = list(csv_entries(io.StringIO(text, newline="")))
+    return entries
+
+
+def _split_csv(text: str) -> list[list[str]] | None:
+    """The cells of each line, split at commas: what ``csv.reader`` returns
+    for a text without quotes, carriage returns (but in CRLF endings) or NULs,
+    about three times faster. None for any other text, or if it does not
+    parse (the row-by-row reader then says where)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+    if '"' in text or "\r" in text or "\0" in text:
+        try:
+            return list(csv.reader(io.StringIO(text, newline="")))
+        except csv.Error:
+            return None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return list(map(str.split, lines, itertools.repeat(",")))
+
+
+def _plain_csv(rows: list[list[str]]) -> list[Entry] | None:
+    """The entries of ``rows`` if every one is a plain, well-formed event."""
+    if [c.strip().lower() for c in rows[0][:3]] == ["sku", "kind", "qty"]:
+        del rows[0]
+    if not rows:
+        return []
+    widths = set(map(len, rows))
+    if not widths <= {3, 4}:
+        return None
+    skus = list(map(str.strip, map(operator.itemgetter(0), rows)))
+    kinds = list(map(_FAST_KIND_NAMES.get, map(operator.itemgetter(1), rows)))
+    if None in kinds:
+        return None
+    try:
+        quantities = list(map(int, map(operator.itemgetter(2), rows)))
+    except ValueError:
+        return None
+    if widths == {4}:
+        reasons = list(map(str.strip, map(operator.itemgetter(3), rows)))
+    elif widths == {3}:
+        reasons = [""] * len(rows)
+    else:
+        reasons = [r[3].strip() if len(r) == 4 else "" for r in rows]
+    if not plain_columns_ok(skus, kinds, quantities, reasons):
+        return None
+    n = len(rows)
+    return list(
+        zip(
+            skus,
+            kinds,
+            quantities,
+            reasons,
+            itertools.repeat("", n),
+            itertools.repeat(None, n),
+            strict=False,
+        )
+    )
+
+
 def parse_events_csv(lines: Iterable[str]) -> Iterator[NewEvent]:
     """Parse ``sku,kind,qty[,reason]`` rows (a header row is allowed).
 
     Raises:
         InvalidEvent: naming the line of the first malformed row.
     """
+    for sku, kind, quantity, reason, _, _ in csv_entries(lines):
+        yield NewEvent(sku=sku, kind=Kind(kind), quantity=quantity, reason=reason)
+
+
+_KIND_NAMES = {k.name.lower(): int(k) for k in Kind}
+_FAST_KIND_NAMES = {name: k for name, k in _KIND_NAMES.items() if k != _COUNT}
+
+
+def csv_entries(lines: Iterable[str]) -> Iterator[Entry]:
+    """:func:`parse_events_csv` as :data:`Entry` tuples, each checked, lazily.
+
+    A well-formed plain row takes the short way (a dict lookup for its kind,
+    the inline checks); anything else, a header or a blank row included,
+    goes through :func:`_csv_entry`, which says what is wrong with it.
+
+    Raises:
+        InvalidEvent: naming the line of the first malformed row.
+    """
     reader = csv.reader(lines)
-    while True:
+    kinds = _KIND_NAMES
+    good_skus = WELL_FORMED_SKUS
+    try:
+        for row in reader:
+            if len(row) == 3:
+                sku, kind_name, qty = row
+                reason = ""
+            elif len(row) == 4:
+                sku, kind_name, qty, reason = row
+                reason = reason.strip()
+            else:
+                kind_name = ""
+            kind = kinds.get(kind_name)
+            if kind is not None and kind != _COUNT:
+                sku = sku.strip()
+                try:
+                    quantity = int(qty)
+                except ValueError:
+                    quantity = 0  # the full check below names it
+                if (
+                    (
+                        0 < quantity <= MAX_QUANTITY
+                        if kind != _ADJUST
+                        else quantity != 0 and -MAX_QUANTITY <= quantity <= MAX_QUANTITY
+                    )
+                    and (sku in good_skus or sku_ok(sku))
+                    and len(reason) <= MAX_REASON_LEN
+                ):
+                    yield (sku, kind, quantity, reason, "", None)
+                    continue
+            entry = _csv_entry(row, reader.line_num)
+            if entry is not None:
+                yield entry
+    except csv.Error as e:
+        raise InvalidEvent(f"line {reader.line_num}: {e}") from None
+
+
+def _csv_entry(row: list[str], lineno: int) -> Entry | None:
+    """One CSV row by every rule: its entry, or None for a header or blank row.
+
+    Raises:
+        InvalidEvent: naming the line and what is wrong.
+    """
+    if not row or all(not c.strip() for c in row):
+        return None
+    cells = [c.strip() for c in row]
+    if lineno == 1 and [c.lower() for c in cells[:3]] == ["sku", "kind", "qty"]:
+        return None
+    if len(cells) not in (3, 4):
+        raise InvalidEvent(
+            f"line {lineno}: expected sku,kind,qty[,reason], got {len(cells)} columns"
+        )
+    try:
+        kind = Kind.parse(cells[1])
         try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            raise InvalidEvent(f"line {reader.line_num}: {e}") from None
-        lineno = reader.line_num  # file lines, also past multi-line quoted fields
-        if not row or all(not c.strip() for c in row):
-            continue
-        cells = [c.strip() for c in row]
-        if lineno == 1 and [c.lower() for c in cells[:3]] == ["sku", "kind", "qty"]:
-            continue
-        if len(cells) not in (3, 4):
-            raise InvalidEvent(
-                f"line {lineno}: expected sku,kind,qty[,reason], got {len(cells)} columns"
-            )
-        try:
-            kind = Kind.parse(cells[1])
-            try:
-                qty = int(cells[2])
-            except ValueError:
-                raise InvalidEvent(f"quantity {cells[2]!r} is not a whole number") from None
-            event = NewEvent(
-                sku=cells[0], kind=kind, quantity=qty, reason=cells[3] if len(cells) == 4 else ""
-            )
-            validate_new_event(event)
-        except InvalidEvent as e:
-            raise InvalidEvent(f"line {lineno}: {e}") from None
-        yield event
+            qty = int(cells[2])
+        except ValueError:
+            raise InvalidEvent(f"quantity {cells[2]!r} is not a whole number") from None
+        event = NewEvent(
+            sku=cells[0], kind=kind, quantity=qty, reason=cells[3] if len(cells) == 4 else ""
+        )
+        validate_new_event(event)
+    except InvalidEvent as e:
+        raise InvalidEvent(f"line {lineno}: {e}") from None
+    return (event.sku, int(kind), qty, event.reason, "", None)

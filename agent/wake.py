@@ -16,7 +16,6 @@ them).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import logging
@@ -83,6 +82,8 @@ class WakeListener:
             log.warning("cannot listen for wake-ups (%s); new events are found by polling", e)
             return False
         sock.setblocking(False)
+        import asyncio  # here: recorders import this module, and need no event loop
+
         asyncio.get_running_loop().add_reader(sock.fileno(), self._drain)
         self._sock = sock
         return True
@@ -101,6 +102,8 @@ class WakeListener:
     def stop(self) -> None:
         """Stop listening."""
         if self._sock is not None:
+            import asyncio
+
             asyncio.get_running_loop().remove_reader(self._sock.fileno())
             self._sock.close()
             self._sock = None

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from stocksync import logs
 from stocksync.config import AgentConfig, ConfigError, HubConfig, load
+
+if TYPE_CHECKING:
+    # Loaded by the daemons only: the short commands (record, import) skip ~60 ms.
+    import asyncio
 
 __all__ = [
     "LazyGroup",
@@ -64,6 +67,7 @@ def tune_gc() -> None:
 
 def run_until_signal(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` and set ``stop`` on SIGTERM or SIGINT (Ctrl-C)."""
+    import asyncio
 
     async def runner() -> None:
         stop = asyncio.Event()

@@ -18,12 +18,14 @@ __all__ = [
     "MAX_QUANTITY",
     "MAX_REASON_LEN",
     "SKU_PATTERN",
+    "WELL_FORMED_SKUS",
     "EventRow",
     "InvalidEvent",
     "Kind",
     "NewEvent",
     "check_fields",
     "plain_delta",
+    "sku_ok",
     "validate_new_event",
     "validate_sku",
     "validate_warehouse",
@@ -131,6 +133,22 @@ def validate_sku(sku: str) -> str:
     if not SKU_PATTERN.fullmatch(sku):
         raise InvalidEvent(f"sku {sku!r} may only contain letters, digits and . _ : / -")
     return sku
+
+
+WELL_FORMED_SKUS: set[str] = set()
+"""SKUs already seen well-formed, so the hot paths (the hub reading a batch,
+the agent recording a file) test a repeat with a set lookup, not the regex.
+Hot loops test ``sku in WELL_FORMED_SKUS or sku_ok(sku)``."""
+_WELL_FORMED_SKUS_MAX = 1 << 17
+
+
+def sku_ok(sku: str) -> bool:
+    """Whether ``sku`` is well-formed (remembered in :data:`WELL_FORMED_SKUS`)."""
+    if SKU_PATTERN.fullmatch(sku) is None:
+        return False
+    if len(WELL_FORMED_SKUS) < _WELL_FORMED_SKUS_MAX:
+        WELL_FORMED_SKUS.add(sku)
+    return True
 
 
 def validate_warehouse(warehouse: str) -> str:

@@ -24,9 +24,8 @@ import platform
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -38,6 +37,11 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    # aiohttp is loaded when /metrics is served (~14 MB): an agent run
+    # without --metrics, and every short command, never pays for it.
+    from aiohttp import web
 
 __all__ = [
     "BUILD_INFO",
@@ -164,6 +168,8 @@ def metrics_handler(
             the event loop, e.g. counts from the store).
     """
 
+    from aiohttp import web
+
     async def handler(request: web.Request) -> web.Response:
         if refresh is not None:
             await refresh()
@@ -186,6 +192,8 @@ class MetricsServer:
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
+        from aiohttp import web
+
         app = web.Application()
         app.add_routes([web.get("/metrics", metrics_handler(registry))])
         self._runner = web.AppRunner(app, access_log=None)
@@ -196,6 +204,8 @@ class MetricsServer:
         Raises:
             OSError: the address cannot be bound.
         """
+        from aiohttp import web
+
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         try:

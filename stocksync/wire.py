@@ -16,12 +16,13 @@ from stocksync.events import (
     MAX_QUANTITY,
     MAX_REASON_LEN,
     MAX_RESERVATION_ID_LEN,
-    SKU_PATTERN,
+    WELL_FORMED_SKUS,
     EventRow,
     InvalidEvent,
     Kind,
     check_fields,
     plain_delta,
+    sku_ok,
 )
 from stocksync.protocol import PROTOCOL_VERSION, HelloInfo, WelcomeInfo
 from stocksync.v1 import sync_pb2
@@ -137,19 +138,6 @@ def batch_message(rows: Sequence[EventRow]) -> sync_pb2.SyncRequest:
     return request
 
 
-_GOOD_SKUS: set[str] = set()
-"""SKUs already seen well-formed: a set lookup is cheaper than the regex."""
-_GOOD_SKUS_MAX = 1 << 17
-
-
-def _sku_ok(sku: str) -> bool:
-    if SKU_PATTERN.fullmatch(sku) is None:
-        return False
-    if len(_GOOD_SKUS) < _GOOD_SKUS_MAX:
-        _GOOD_SKUS.add(sku)
-    return True
-
-
 # Plain ints: compared once per event on the hub's hot path.
 _RECEIVE, _SHIP, _ADJUST, _COUNT = (int(k) for k in Kind)
 _MAX_RID = MAX_RESERVATION_ID_LEN
@@ -201,7 +189,7 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
     """
     rows: list[EventRow] = []
     append = rows.append
-    good_skus = _GOOD_SKUS
+    good_skus = WELL_FORMED_SKUS
     expected = batch.first_seq + skip
     events = batch.events
     start = 0
@@ -229,7 +217,7 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
                 or (kind == _SHIP and 0 < quantity <= MAX_QUANTITY and delta == -quantity)
                 or (kind == _ADJUST and 0 < abs(quantity) <= MAX_QUANTITY and delta == quantity)
             )
-            and (sku in good_skus or _sku_ok(sku))
+            and (sku in good_skus or sku_ok(sku))
             and not as_of_seq
             and (not reservation_id or (kind == _SHIP and len(reservation_id) <= _MAX_RID))
             and len(reason) <= MAX_REASON_LEN

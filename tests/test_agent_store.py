@@ -6,15 +6,28 @@ file from two ``AgentStore`` objects, as the daemon and the CLI do.
 
 from __future__ import annotations
 
+import io
 import random
 import sqlite3
 import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from stocksync.agent.store import AgentStore, Backlog, DaemonState, StoreError, parse_events_csv
+from stocksync.agent.event_ids import block
+from stocksync.agent.store import (
+    PROGRESS_EVERY,
+    AgentStore,
+    Backlog,
+    DaemonState,
+    StoreError,
+    csv_entries,
+    parse_events_csv,
+    read_csv_entries,
+)
 from stocksync.events import InvalidEvent, Kind, NewEvent
 
 
@@ -289,6 +302,91 @@ def test_record_many_reports_progress(store: AgentStore) -> None:
     assert seen == [1000, 2000, 2500]
 
 
+def test_long_runs_of_plain_events_and_single_counts_keep_every_rule(db_path: Path) -> None:
+    """Plain events go in whole chunks, the rest one by one: the books and the
+    rows must come out as if each event had been recorded alone."""
+    rng = random.Random(11)
+    events: list[NewEvent] = []
+    for i in range(3 * PROGRESS_EVERY + 17):
+        sku = f"S{rng.randrange(7)}"
+        roll = rng.random()
+        if i in (5, PROGRESS_EVERY - 1, PROGRESS_EVERY, 2 * PROGRESS_EVERY + 3) or roll < 0.002:
+            as_of = rng.choice([None, max(0, i - rng.randrange(40))])
+            events.append(count(sku, rng.randrange(30), as_of_seq=as_of))
+        elif roll < 0.4:
+            events.append(receive(sku, rng.randint(1, 9)))
+        elif roll < 0.8:
+            events.append(ship(sku, rng.randint(1, 9)))
+        else:
+            events.append(adjust(sku, rng.choice([-2, -1, 1, 2])))
+    model = BookModel()
+    for e in events:
+        model.apply(e)
+    with AgentStore(db_path) as bulk, AgentStore(db_path.with_name("one.db")) as alone:
+        assert bulk.record_many(events) == list(range(1, len(events) + 1))
+        for e in events:
+            alone.record(e)
+        assert (
+            bulk.on_hand()
+            == alone.on_hand()
+            == {s: q for s, q in model.history[-1].items() if s in bulk.on_hand()}
+        )
+        assert bulk.snapshot(bulk.high_seq()) == model.as_of(len(events))
+        columns = (
+            "seq, sku, kind, quantity, delta, reason, reservation_id, as_of_seq, recorded_at_ms"
+        )
+        rows = bulk.conn.execute(f"SELECT {columns} FROM events ORDER BY seq").fetchall()
+        # recorded_at_ms differs between the two stores: compare the rest.
+        assert [r[:-1] for r in rows] == [
+            r[:-1] for r in alone.conn.execute(f"SELECT {columns} FROM events ORDER BY seq")
+        ]
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (NewEvent("A", Kind.RECEIVE, True), "is not a whole number"),
+        (NewEvent("A", Kind.RECEIVE, 1.0), "is not a whole number"),  # type: ignore[arg-type]
+        (NewEvent("A", 9, 1), "unknown event kind"),  # type: ignore[arg-type]
+        (NewEvent("A", Kind.SHIP, -1), "ship quantity must be greater than 0"),
+        (NewEvent("A", Kind.ADJUST, 0), "adjust quantity must not be 0"),
+        (NewEvent("A", Kind.ADJUST, -1_000_000_001), "out of range"),
+        (NewEvent("A B", Kind.RECEIVE, 1), "may only contain"),
+        (NewEvent("A", Kind.RECEIVE, 1, reason="x" * 201), "reason is longer"),
+        (NewEvent("A", Kind.RECEIVE, 1, reservation_id="R-1"), "only be settled by a ship"),
+        (NewEvent("A", Kind.RECEIVE, 1, as_of_seq=0), "only meaningful for a count"),
+    ],
+)
+def test_a_bad_event_deep_in_a_large_batch_stores_nothing(
+    store: AgentStore, bad: NewEvent, message: str
+) -> None:
+    good = [receive("A", 1), ship("B", 1), adjust("C", -1)] * PROGRESS_EVERY
+    with pytest.raises(InvalidEvent, match=message):
+        store.record_many([*good, bad, *good])
+    assert store.high_seq() == 0
+    assert store.on_hand() == {}
+    assert store.record_many(good) == list(range(1, len(good) + 1))
+
+
+def test_event_ids_are_uuid7_and_increase_in_recording_order(store: AgentStore) -> None:
+    store.record(receive("A", 1))
+    store.record_many([receive("A", 1)] * 5000)
+    store.record(receive("A", 1))
+    ids = [r[0] for r in store.conn.execute("SELECT event_id FROM events ORDER BY seq")]
+    assert len(set(ids)) == len(ids) == 5002
+    assert ids == sorted(ids)
+    for text in ids[:3] + ids[-3:]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (7, uuid.RFC_4122, text)
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 0x10000 + 7])
+def test_a_block_of_ids_is_consecutive(size: int) -> None:
+    ids = [uuid.UUID(t).int for t in block(size)]
+    assert ids == list(range(ids[0], ids[0] + size))
+    assert (ids[0] >> 80) <= time.time_ns() // 1_000_000
+
+
 # -- snapshot and backlog --------------------------------------------------------
 
 
@@ -487,6 +585,46 @@ def test_csv_line_numbers_count_lines_inside_quoted_fields() -> None:
     lines = ['A,adjust,-1,"broken\n', 'seal"\n', "B,receive,x\n"]
     with pytest.raises(InvalidEvent, match="line 3"):
         list(parse_events_csv(lines))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sku,kind,qty,reason\nA,receive,5,\nB,ship,2,\nC,adjust,-1,damaged\n",
+        "A,receive,5\r\nB,ship,2\r\n",
+        "A,receive,5\nB,ship,2",
+        "A,receive,5\n\nB,ship,2\n",
+        "A,receive,5\n,,\nB,ship,2\n",
+        ' A , Ship , 2 \nB,receive,1,"a, b"\n',
+        'A,adjust,-1,"broken\nseal"\nB,receive,1\n',
+        "A,count,0\nB,receive,1\n",
+        "SKU,Kind,Qty\nA,receive,1,why\nB,receive,2\n",
+        "A,receive,1\rB,receive,2\r",
+        "",
+        "sku,kind,qty\n",
+    ],
+)
+def test_reading_a_whole_csv_equals_reading_it_row_by_row(text: str) -> None:
+    assert read_csv_entries(text) == list(csv_entries(io.StringIO(text, newline="")))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("A,receive,5\nB,receive,two\n", "line 2: quantity 'two'"),
+        ("A,receive,5\nB,ship,-2\n", "line 2: ship quantity must be greater than 0"),
+        ("A,receive,5\nB,adjust,0\n", "line 2: adjust quantity must not be 0"),
+        ("A,receive,5\nB B,receive,1\n", "line 2: sku 'B B' may only contain"),
+        ("A,receive,5\nB,receive,1,2,3\n", "line 2: expected sku,kind,qty.,reason., got 5"),
+        ("A,receive,5\nB,sell,1\n", "line 2: unknown kind 'sell'"),
+        ("A,receive,5\nB,receive,1," + "x" * 201 + "\n", "line 2: reason is longer"),
+        ("A,receive,5\nB,receive,1000000001\n", "line 2: quantity 1000000001 is out of range"),
+        ("A,receive,5\nB,rec\0eive,1\n", "line 2"),
+    ],
+)
+def test_reading_a_whole_csv_names_the_line_of_a_bad_row(text: str, message: str) -> None:
+    with pytest.raises(InvalidEvent, match=message):
+        read_csv_entries(text)
 
 
 # -- pick commands -------------------------------------------------------------

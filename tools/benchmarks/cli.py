@@ -36,8 +36,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"agents": [1, 10], "events": 20_000},
     },
     "catch-up": {
-        "full": {"events": 1_000_000, "skus": 2000},
-        "quick": {"events": 50_000, "skus": 2000},
+        "full": {"events": 1_000_000, "skus": 2000, "peer_events": 300_000},
+        "quick": {"events": 50_000, "skus": 2000, "peer_events": 50_000},
     },
     "record": {
         "full": {"singles": 2000, "processes": 50, "rows": 300_000},
@@ -92,7 +92,9 @@ def _ingest(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
 def _catchup(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
     from stocksync.tools.benchmarks import catchup
 
-    return catchup.scenario(int(p["events"]), int(p["skus"]), tmp, _say, peer)
+    return catchup.scenario(
+        int(p["events"]), int(p["skus"]), tmp, _say, peer, int(p["peer_events"])
+    )
 
 
 def _record(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:

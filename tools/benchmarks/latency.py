@@ -8,6 +8,10 @@ their own. This process records RECEIVEs of one unit in the agent's store at
 due by then in one transaction (``AgentStore.record_many``, durable on
 return; a warehouse system recording 5,000 events a second groups them so).
 
+The limit for **→ applied**: the same per-millisecond batches, at the same
+pace, over a bare grpc.aio bidi stream answering each with an ack: the
+transport's own round trip, without a commit on either side.
+
 The peer (:mod:`.peer`): the same events committed to its SQLite outbox the
 same way and published to JetStream; its consumer applies and publishes the
 room's value on a NATS core subject; the same number of watchers subscribe.
@@ -402,11 +406,33 @@ async def _record_peer(
 # -- the scenario ----------------------------------------------------------------------
 
 
-def _rows(ours: dict[str, Any], theirs: dict[str, Any] | None, target: dict[str, str]) -> list[Row]:
+def _transport(rate: float, seconds: float) -> dict[str, Any]:
+    """The limit: the same per-tick batches over a bare bidi stream, at the same pace."""
+    from stocksync.tools.benchmarks.limits import bidi_round_trips, sync_batches
+
+    per_tick = max(1, round(rate * TICK_S))
+    ticks = max(1, round(rate * seconds / per_tick))
+    rows = [
+        EventRow(i + 1, str(uuid.uuid4()), SKU, int(Kind.RECEIVE), 1, 1, "", "", 0, 0)
+        for i in range(per_tick * ticks)
+    ]
+    return bidi_round_trips(sync_batches(rows, per_tick), per_tick / rate)
+
+
+def _rows(
+    ours: dict[str, Any],
+    theirs: dict[str, Any] | None,
+    target: dict[str, str],
+    transport: dict[str, Any],
+) -> list[Row]:
     out = []
     for part, label in (("applied", "recorded -> applied at hub"), ("watchers", "-> room watcher")):
         for q in ("p50", "p99", "p999"):
             against = []
+            if part == "applied":
+                against.append(
+                    Against("grpc.aio bidi round trip, same batches", transport[f"{q}_ms"])
+                )
             if theirs is not None:
                 against.append(
                     Against("outbox->JetStream->SQLite", theirs[part][f"{q}_ms"], "peer")
@@ -427,6 +453,7 @@ def scenario(watchers: int, rate: float, seconds: float, workdir: Path, with_pee
     """The ``latency`` scenario; ``with_peer`` is '' or why the peer is skipped."""
     ours_dir, peer_dir = workdir / "stocksync", workdir / "peer"
     ours_dir.mkdir()
+    transport = _transport(rate, seconds)
     ours = run(watchers, rate, seconds, ours_dir)
     theirs = None
     if not with_peer:
@@ -440,8 +467,8 @@ def scenario(watchers: int, rate: float, seconds: float, workdir: Path, with_pee
     return Scenario(
         "latency",
         {"watchers": watchers, "rate": rate, "seconds": seconds},
-        _rows(ours, theirs, targets),
-        {"stocksync": ours, "peer": theirs},
+        _rows(ours, theirs, targets, transport),
+        {"stocksync": ours, "peer": theirs, "transport": transport},
         skipped=with_peer,
     )
 

@@ -29,7 +29,14 @@ from stocksync.events import EventRow
 from stocksync.tools.benchmarks.common import latency_summary
 from stocksync.wire import batch_message
 
-__all__ = ["ECHO_METHOD", "STREAM_METHOD", "bidi_stream", "echo_server", "sync_batches"]
+__all__ = [
+    "ECHO_METHOD",
+    "STREAM_METHOD",
+    "bidi_round_trips",
+    "bidi_stream",
+    "echo_server",
+    "sync_batches",
+]
 
 ECHO_METHOD = "/stocksync.bench.Echo/Echo"
 STREAM_METHOD = "/stocksync.bench.Echo/Stream"
@@ -135,6 +142,36 @@ def bidi_stream(
         return asyncio.run(_bidi(target, batches, window))
     with echo_server() as started:
         return asyncio.run(_bidi(started, batches, window))
+
+
+async def _paced(target: str, batches: Sequence[tuple[int, bytes]], interval: float) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await channel.channel_ready()
+        call: Any = channel.stream_stream(STREAM_METHOD)()
+        sent: list[float] = []
+        acked: list[float] = []
+
+        async def send() -> None:
+            started = time.monotonic()
+            for i, (_, data) in enumerate(batches):
+                await asyncio.sleep(max(0.0, started + i * interval - time.monotonic()))
+                sent.append(time.monotonic())
+                await call.write(data)
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(send())
+        for _ in batches:
+            await call.read()
+            acked.append(time.monotonic())
+        await writer
+    return [a - s for a, s in zip(acked, sent, strict=True)]
+
+
+def bidi_round_trips(batches: Sequence[tuple[int, bytes]], interval: float) -> dict[str, Any]:
+    """``batches`` sent one every ``interval`` seconds on one bidi stream; each
+    one's send → ack time (the transport's share of a latency)."""
+    with echo_server() as target:
+        return latency_summary(asyncio.run(_paced(target, batches, interval)))
 
 
 if __name__ == "__main__":
