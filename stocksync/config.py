@@ -168,7 +168,11 @@ class AgentConfig:
         "...or, while another batch awaits its ack, this long after its first event, whichever "
         "first (T). With nothing in flight a batch goes at once.",
     )
-    window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
+    window_events: int = _knob(
+        50_000,
+        "Most events sent but not yet acknowledged by the hub. It must cover the "
+        "bandwidth-delay product: 150,000 events/s over a 250 ms round trip is 37,500.",
+    )
     poll_interval_ms: int = _knob(
         250,
         "How often the daemon looks for new events by itself. Recording wakes it at once "
