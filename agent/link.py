@@ -302,9 +302,12 @@ class AgentLink:
                 raise LinkFailed(self._failed(f"hub {cfg.hub}: {text}", code))
             if reply.WhichOneof("message") == "goodbye":
                 call.cancel()
-                text = f"{reply.goodbye.code}: {reply.goodbye.detail}"
+                code = reply.goodbye.code
+                text = f"{code}: {reply.goodbye.detail}"
+                refusal = code in {c.name for c in _REFUSALS}
                 raise LinkFailed(
-                    self._failed(f"hub {cfg.hub}: {text}", reply.goodbye.code), "refused"
+                    self._failed(f"hub {cfg.hub}: {text}", code),
+                    "refused" if refusal else "unreachable",
                 )
             try:
                 session.receive(reply.WhichOneof("message"))
