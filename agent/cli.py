@@ -29,6 +29,7 @@ from stocksync.cli_common import (
     setup_logging,
     tune_gc,
 )
+from stocksync.clock import wall_ms
 from stocksync.config import AgentConfig
 from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
 
@@ -379,7 +380,7 @@ def status(db: str, as_json: bool) -> None:
     age = info["oldest_pending_age_s"]
     error = "-"
     if info["last_error"]:
-        ago = max(0.0, (time.time_ns() // 1_000_000 - info["last_error_unix_ms"]) / 1000)
+        ago = max(0.0, (wall_ms() - info["last_error_unix_ms"]) / 1000)
         error = f"{info['last_error']} ({ago:.0f} s ago)"
     pid = info["daemon_pid"]
     lines = [

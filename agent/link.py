@@ -51,6 +51,7 @@ from tenacity import (
 from stocksync import wire
 from stocksync.agent.metrics import AgentMetrics
 from stocksync.agent.store import PRUNE_BATCH_ROWS, AgentStore, DaemonState, StoreError
+from stocksync.clock import wall_ms
 from stocksync.config import AgentConfig
 from stocksync.protocol import AgentSession, AgentState, ProtocolError
 from stocksync.tls import channel_credentials
@@ -157,6 +158,8 @@ class AgentLink:
         self._wake = asyncio.Event()
         self._acked = store.acked_seq()
         """The highest ack received; written to the store by the bookkeeper."""
+        self._reserved = store.sent_horizon()
+        """No seq past this may be sent: compaction may fold it (DESIGN §6)."""
         self._books = _Bookkeeper(config, self)
         self._sends: deque[tuple[int, float]] = deque()
         """(last seq, monotonic send time) of each batch awaiting its ack."""
@@ -240,7 +243,7 @@ class AgentLink:
     def _set_connected(self, connected: bool) -> None:
         self.connected = connected
         self.state.connected = connected
-        self.state.since_unix_ms = time.time_ns() // 1_000_000
+        self.state.since_unix_ms = wall_ms()
         self._books.dirty()
 
     def _failed(self, error: str, code: str) -> str:
@@ -248,7 +251,7 @@ class AgentLink:
         under ``code`` (a gRPC status name or a local kind); returns it."""
         self.metrics.error(code)
         self.state.last_error = error
-        self.state.last_error_unix_ms = time.time_ns() // 1_000_000
+        self.state.last_error_unix_ms = wall_ms()
         self._books.dirty()
         return error
 
@@ -299,9 +302,12 @@ class AgentLink:
                 raise LinkFailed(self._failed(f"hub {cfg.hub}: {text}", code))
             if reply.WhichOneof("message") == "goodbye":
                 call.cancel()
-                text = f"{reply.goodbye.code}: {reply.goodbye.detail}"
+                code = reply.goodbye.code
+                text = f"{code}: {reply.goodbye.detail}"
+                refusal = code in {c.name for c in _REFUSALS}
                 raise LinkFailed(
-                    self._failed(f"hub {cfg.hub}: {text}", reply.goodbye.code), "refused"
+                    self._failed(f"hub {cfg.hub}: {text}", code),
+                    "refused" if refusal else "unreachable",
                 )
             try:
                 session.receive(reply.WhichOneof("message"))
@@ -433,14 +439,24 @@ class AgentLink:
             else:
                 snapshot_sent = False
                 rng = session.next_batch(store.high_seq(), time.monotonic())
+                if rng is not None and rng[1] > self._reserved:
+                    # Never send what a compaction may fold: the horizon first.
+                    before = self._reserved
+                    self._reserved = await self._books.reserve_sent(
+                        rng[1], self.config.window_events
+                    )
+                    if self._reserved > before:
+                        continue  # the session may have moved meanwhile: ask again
+                    rng = (rng[0], self._reserved) if self._reserved >= rng[0] else None
                 if rng is not None:
                     rows = store.outbox(*rng)
                     # Marked sent before the write: the hub's ack can arrive
                     # while this task is still waiting to resume after it.
-                    session.on_sent(*rng)
-                    self._sends.append((rng[1], time.monotonic()))
+                    last = rows[-1].seq  # past rng[1] when the last row is a fold
+                    session.on_sent(rng[0], last)
+                    self._sends.append((last, time.monotonic()))
                     await out.write(wire.batch_message(rows))
-                    self.metrics.events_sent.inc(rng[1] - rng[0] + 1)
+                    self.metrics.events_sent.inc(last - rng[0] + 1)
                     continue
             timeout = poll
             if session.send_at is not None:
@@ -505,13 +521,21 @@ class AgentLink:
     async def _stall_watch(self, session: AgentSession) -> None:
         """Raise :class:`Stalled` once events have been pending with no ack
         for ``stall_after_s``: a stream that looks up but moves nothing (a
-        hub stuck on its disk, a half-dead proxy) is dropped and made again."""
+        hub stuck on its disk, a half-dead proxy) is dropped and made again.
+
+        Not while a snapshot is being applied: a big one may take the hub
+        longer, and the hub bounds that phase itself (``snapshot_timeout_s``).
+        """
         stall_after = self.config.stall_after_s
         acked, since = session.acked, time.monotonic()
         while True:
             await asyncio.sleep(min(1.0, stall_after / 4))
             now = time.monotonic()
-            if session.acked != acked or self.store.high_seq() <= session.acked:
+            if (
+                session.acked != acked
+                or session.state is not AgentState.STREAMING
+                or self.store.high_seq() <= session.acked
+            ):
                 acked, since = session.acked, now
             elif now - since >= stall_after:
                 pending = self.store.high_seq() - session.acked
@@ -550,7 +574,7 @@ class AgentLink:
             await out.write(
                 sync_pb2.SyncRequest(
                     ping=sync_pb2.Ping(
-                        sent_at_unix_ms=time.time_ns() // 1_000_000,
+                        sent_at_unix_ms=wall_ms(),
                         backlog=sync_pb2.Backlog(
                             high_seq=backlog.high_seq,
                             pending_events=backlog.pending,
@@ -583,12 +607,63 @@ class _Bookkeeper:
         self._failing: str | None = None
         self._prune_failing: str | None = None
         self._prune_more = False
+        self._reserve_failing: str | None = None
+        self._compaction_stats: dict[str, int] | None = None
 
     async def start(self) -> None:
         """Open the second connection and start the ticks."""
         cfg = self._config
         self._store = await self._call(AgentStore, cfg.db, cfg.synchronous)
+        try:
+            await self._call(self._store.set_max_pending_events, cfg.max_pending_events)
+        except StoreError as e:
+            log.warning("cannot save max_pending_events (will retry at the next start): %s", e)
+        with contextlib.suppress(StoreError):
+            self._compaction_stats = await self._call(self._store.compaction_stats)
         self._task = asyncio.ensure_future(self._run())
+
+    async def _compact(self) -> None:
+        """Compact the outbox if it is past its cap, and count every compaction
+        the store made since the last tick, whichever process made it."""
+        store = self._store
+        if store is None:
+            return
+        await self._call(store.compact_if_due)
+        try:
+            stats = await self._call(store.compaction_stats)
+        except StoreError:
+            return
+        if self._compaction_stats is not None:
+            metrics = self._link.metrics
+            metrics.compactions.inc(
+                max(0, stats["compactions"] - self._compaction_stats["compactions"])
+            )
+            metrics.events_folded.inc(
+                max(0, stats["events_folded"] - self._compaction_stats["events_folded"])
+            )
+        self._compaction_stats = stats
+
+    async def reserve_sent(self, last: int, ahead: int) -> int:
+        """:meth:`AgentStore.reserve_sent` on the bookkeeping thread. If it
+        cannot be written, the horizon as it stands, or ``last`` when this
+        store never compacts (so a full disk never stops the stream)."""
+        store = self._store
+        if store is None:
+            return 0
+        try:
+            horizon = int(await self._call(store.reserve_sent, last, ahead))
+        except StoreError as e:
+            if self._reserve_failing != str(e):
+                log.warning("cannot save the sent horizon (will retry): %s", e)
+                self._reserve_failing = str(e)
+            try:
+                cap = int(await self._call(store.max_pending_events))
+                horizon = int(await self._call(store.sent_horizon))
+            except StoreError:
+                return 0
+            return last if cap == 0 else horizon
+        self._reserve_failing = None
+        return horizon
 
     def dirty(self) -> None:
         """Something changed: write it at the next tick."""
@@ -616,6 +691,8 @@ class _Bookkeeper:
             if self._dirty.is_set():
                 await self.flush()
             await self.prune()
+            if self._store is not None:
+                await self._compact()
             await asyncio.sleep(BOOKKEEPING_INTERVAL_S)
 
     async def prune(self) -> None:
@@ -624,7 +701,7 @@ class _Bookkeeper:
         if self._store is None:
             return
         hours = self._config.retention_hours
-        cutoff = time.time_ns() // 1_000_000 - int(hours * 3_600_000)
+        cutoff = wall_ms() - int(hours * 3_600_000)
         total = 0
         self._prune_more = False
         for _ in range(PRUNE_STEPS_PER_TICK):

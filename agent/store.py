@@ -32,10 +32,10 @@ import functools
 import io
 import itertools
 import json
+import logging
 import operator
 import os
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -43,8 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from stocksync.agent.compaction import Fold, fold
 from stocksync.agent.event_ids import block
 from stocksync.agent.wake import notify
+from stocksync.clock import wall_ms
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import (
     MAX_QUANTITY,
@@ -85,7 +87,15 @@ __all__ = [
     "status_info",
 ]
 
+log = logging.getLogger("stocksync.agent")
+
 _EVENT_COLUMNS = ", ".join(EventRow._fields)
+_INSERT_ROW = (
+    f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES ({', '.join('?' * len(EventRow._fields))})"
+)
+"""Insert a whole EventRow (a folded one too)."""
+_BASE_COLUMNS = frozenset(EventRow._fields) - {"folded_from_seq"}
+"""The columns every agent store's events table has (folded_from_seq came later)."""
 _SEQ = operator.itemgetter(0)
 
 Entry = tuple[str, int, int, str, str, int | None]
@@ -96,7 +106,9 @@ reason, reservation_id, as_of_seq): what the bulk paths hand
 PROGRESS_EVERY = 1000
 """Events recorded between two progress reports (and two ``executemany``)."""
 
-_INSERT_EVENT = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+_RECORD_COLUMNS = ", ".join(EventRow._fields[:10])
+_INSERT_EVENT = f"INSERT INTO events ({_RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
+"""Insert a recorded event (never folded: folded_from_seq keeps its default 0)."""
 _ADD_STOCK = (
     "INSERT INTO stock(sku, on_hand) VALUES (?, ?) "
     "ON CONFLICT(sku) DO UPDATE SET on_hand = on_hand + excluded.on_hand"
@@ -177,7 +189,7 @@ class Backlog:
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 def _migrate_1(db: sqlite_utils.Database) -> None:
@@ -233,7 +245,24 @@ def _migrate_3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX picks_open ON picks (reservation_id, sku) WHERE state = 'open'")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migrate_1, _migrate_2, _migrate_3]
+def _migrate_4(db: sqlite_utils.Database) -> None:
+    """Compaction (DESIGN §6): a folded row stands for ``folded_from_seq..seq``;
+    ``folds`` lists the seq ranges whose events were folded."""
+    if "folded_from_seq" not in db.table("events").columns_dict:
+        db.execute("ALTER TABLE events ADD COLUMN folded_from_seq INTEGER NOT NULL DEFAULT 0")
+    db.table("folds").create(
+        {"first_seq": int, "last_seq": int, "events": int, "rows": int, "folded_at_ms": int},
+        pk="first_seq",
+        if_not_exists=True,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migrate_1,
+    _migrate_2,
+    _migrate_3,
+    _migrate_4,
+]
 """Schema steps; ``PRAGMA user_version`` records how many have run."""
 
 
@@ -518,6 +547,7 @@ class AgentStore:
             conn.executemany(_ADD_STOCK, moved.items())
         if high >= first:
             notify(self.path)  # the daemon sends them now, not at its next poll
+            self.compact_if_due()
         return list(range(first, high + 1))
 
     def _rows_one_by_one(
@@ -644,6 +674,17 @@ class AgentStore:
                 f"to seq {pruned} were pruned after the retention (retention_hours), so a "
                 f"count can be taken as of seq {pruned} or later"
             )
+        fold = conn.execute(
+            "SELECT first_seq, last_seq FROM folds WHERE first_seq <= ? AND ? < last_seq",
+            (as_of, as_of),
+        ).fetchone()
+        if fold is not None:
+            # The moves after as_of_seq are netted with those before it.
+            raise InvalidEvent(
+                f"as_of_seq {as_of} falls inside seqs {fold[0]}..{fold[1]}, whose events were "
+                f"compacted while the hub was out of reach (max_pending_events), so a count "
+                f"can be taken as of seq {fold[0] - 1} or {fold[1]} or later"
+            )
         row = conn.execute("SELECT on_hand FROM stock WHERE sku = ?", (event.sku,)).fetchone()
         on_hand_now = int(row[0]) if row else 0
         moved_since = conn.execute(
@@ -669,12 +710,18 @@ class AgentStore:
     def outbox(self, first: int, last: int) -> list[EventRow]:
         """Events ``first..last`` to send, every one of them, whole.
 
+        A folded row (DESIGN §6) stands for a range of seqs: the rows run
+        from ``first`` and may end past ``last`` (a fold that starts within
+        ``first..last``) or before it (one that starts past it). Only rows
+        starting at or before ``last`` are read, so a caller that reserved
+        ``last`` (:meth:`reserve_sent`) sends no row a compaction may change.
+
         A damaged page need not make SQLite fail: it can return too few
         rows, or rows of NULLs. Those never reach the hub.
 
         Raises:
-            StoreError: if a read fails, or the rows are not exactly
-                ``first..last`` with every field set.
+            StoreError: if a read fails, or the rows are not one contiguous
+                run from ``first`` with every field set.
         """
         rows = self.events(first, last)
         # Both scans run in C: about 0.25 µs an event, against ~2 µs to read
@@ -684,6 +731,10 @@ class AgentStore:
         )
         if whole:
             return rows
+        if self._has_folds():
+            rows = self._folded_outbox(first, last, rows)
+            if rows:
+                return rows
         pruned = self.pruned_through()
         if first <= pruned:
             raise StoreError(
@@ -694,6 +745,26 @@ class AgentStore:
             f"cannot read agent store {self.path}: the store is damaged (events "
             f"{first}..{last} do not read back whole; see `stocksync-agent check`)"
         )
+
+    @_reads
+    def _has_folds(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM folds LIMIT 1").fetchone() is not None
+
+    @_reads
+    def _folded_outbox(self, first: int, last: int, rows: list[EventRow]) -> list[EventRow]:
+        """``rows`` (seqs ``first..last``) if they chain by seq range, plus the
+        fold that starts within ``first..last`` and ends past it; [] if not whole."""
+        nxt = self.conn.execute(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (last,)
+        ).fetchone()
+        if nxt is not None and 0 < int(nxt[-1] or 0) <= last:
+            rows = [*rows, tuple.__new__(EventRow, nxt)]
+        expected = first
+        for row in rows:
+            if None in row or row.first_seq != expected:
+                return []
+            expected = row.seq + 1
+        return rows
 
     @_reads
     def on_hand(self, sku: str | None = None) -> dict[str, int]:
@@ -734,7 +805,7 @@ class AgentStore:
             acked = self.acked_seq() if acked_seq is None else acked_seq
             high = self.high_seq()
             row = conn.execute(
-                "SELECT recorded_at_ms FROM events WHERE seq = ?", (acked + 1,)
+                "SELECT recorded_at_ms FROM events WHERE seq > ? ORDER BY seq LIMIT 1", (acked,)
             ).fetchone()
         age = None
         if row is not None:
@@ -803,6 +874,139 @@ class AgentStore:
         if young is not None:
             last = int(young) - 1
         return (first, last) if last >= first else None
+
+    # -- compaction of the offline buffer (DESIGN §6) -------------------------
+
+    def max_pending_events(self) -> int:
+        """The cap on pending rows past which never-sent events are folded (0: off).
+
+        Kept in the store, set by the daemon from its configuration, so that
+        every process that records (``record``, ``import``, the local API)
+        holds the store to it.
+        """
+        return int(self._meta("max_pending_events") or 0)
+
+    def set_max_pending_events(self, cap: int) -> None:
+        """Keep ``cap`` (see :meth:`max_pending_events`); writes only if it changed."""
+        if cap != self.max_pending_events():
+            with self.write():
+                self._set_meta("max_pending_events", str(int(cap)))
+
+    def sent_horizon(self) -> int:
+        """No seq above this was ever sent: rows starting past it may be folded."""
+        return max(int(self._meta("sent_through") or 0), self.acked_seq())
+
+    def reserve_sent(self, last: int, ahead: int = 0) -> int:
+        """Before sending up to seq ``last``: make the sent horizon reach it,
+        durably. Writes (moving it ``ahead`` further, so it writes once per
+        that many seqs) only when it is below ``last``. Returns the horizon.
+
+        Raises:
+            StoreError: if it cannot be written; send nothing past the horizon then.
+        """
+        horizon = self.sent_horizon()
+        if last <= horizon:
+            return horizon
+        with self.write():
+            horizon = max(self.sent_horizon(), last + max(0, ahead))
+            self._set_meta("sent_through", str(horizon))
+        return horizon
+
+    @_reads
+    def pending_rows(self) -> int:
+        """Rows past the acknowledgement: events, or folds of them, to send."""
+        row = self.conn.execute(
+            "SELECT count(*) FROM events WHERE seq > ?", (self.acked_seq(),)
+        ).fetchone()
+        return int(row[0])
+
+    def compaction_stats(self) -> dict[str, int]:
+        """Compactions so far and the rows they folded away."""
+        return {
+            "compactions": int(self._meta("compactions") or 0),
+            "events_folded": int(self._meta("events_folded") or 0),
+        }
+
+    def compact_if_due(self) -> Fold | None:
+        """Compact if the pending rows are past the cap; never raises.
+
+        A compaction that could not get below the cap (too many SKUs, or
+        reservation shipments) is not retried until a tenth of the cap more
+        rows came in. A failure is logged: what was recorded stays recorded.
+        """
+        try:
+            cap = self.max_pending_events()
+            if cap <= 0 or self.high_seq() - self.acked_seq() <= cap:
+                return None  # the common case: two reads, no count
+            rows = self.pending_rows()
+            floor = int(self._meta("compaction_floor") or 0)
+            if rows <= cap or rows - floor < max(1, cap // 10):
+                return None
+            return self.compact(cap)
+        except StoreError as e:
+            log.warning("cannot compact the offline buffer (will retry): %s", e)
+            return None
+
+    def compact(self, cap: int = 0) -> Fold | None:
+        """Fold the never-sent rows, one net event per SKU (:func:`fold`), in
+        one transaction; returns what was done, or None if nothing could be
+        folded. Rows the hub may hold or have in flight (starting at or below
+        :meth:`sent_horizon`) are never touched.
+
+        Args:
+            cap: compact only if more rows than this are pending (0: always).
+
+        Raises:
+            StoreError: if SQLite fails; nothing changes then.
+        """
+        with self.write() as conn:
+            if cap and self.pending_rows() <= cap:
+                return None
+            horizon = self.sent_horizon()
+            cursor = conn.execute(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq", (horizon,)
+            )
+            run = [r for r in map(tuple.__new__, itertools.repeat(EventRow), cursor)]
+            while run and run[0].first_seq <= horizon:
+                run.pop(0)  # a fold that straddles the horizon: in flight
+            result = fold(run, lambda: block(1)[0]) if len(run) > 1 else None
+            pending = self.pending_rows()
+            if result is None or len(result.rows) >= len(run):
+                self._set_meta("compaction_floor", str(pending))
+                return None
+            conn.execute(
+                "DELETE FROM events WHERE seq BETWEEN ? AND ?", (result.first_seq, result.last_seq)
+            )
+            conn.executemany(_INSERT_ROW, result.rows)
+            conn.execute(
+                "INSERT INTO folds (first_seq, last_seq, events, rows, folded_at_ms) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(first_seq) DO UPDATE SET "
+                "last_seq = max(last_seq, excluded.last_seq), events = excluded.events, "
+                "rows = excluded.rows, folded_at_ms = excluded.folded_at_ms",
+                (
+                    result.first_seq,
+                    result.last_seq,
+                    result.last_seq - result.first_seq + 1,
+                    len(result.rows),
+                    _now_ms(),
+                ),
+            )
+            folded = len(run) - len(result.rows)
+            stats = self.compaction_stats()
+            self._set_meta("compactions", str(stats["compactions"] + 1))
+            self._set_meta("events_folded", str(stats["events_folded"] + folded))
+            self._set_meta("compaction_floor", str(pending - folded))
+        log.info(
+            "compacted the offline buffer: %d never-sent rows of seqs %d..%d folded into %d "
+            "(%d pending, cap %d)",
+            len(run),
+            result.first_seq,
+            result.last_seq,
+            len(result.rows),
+            pending - folded,
+            cap,
+        )
+        return result
 
     def integrity(self, full: bool = True) -> list[str]:
         """What SQLite finds wrong with the file: ``PRAGMA integrity_check``
@@ -934,8 +1138,20 @@ def status_info(store: AgentStore) -> dict[str, Any]:
         "last_error_unix_ms": daemon.last_error_unix_ms or None,
         "oldest_seq": store.oldest_seq(),
         "size_bytes": store.size_bytes(),
+        **_compaction_info(store),
         "metrics": daemon.metrics if running and daemon.metrics else None,
     }
+
+
+def _compaction_info(store: AgentStore) -> dict[str, Any]:
+    try:
+        return {
+            "pending_rows": store.pending_rows(),
+            "max_pending_events": store.max_pending_events() or None,
+            **store.compaction_stats(),
+        }
+    except StoreError:
+        return {}
 
 
 def _pid_alive(pid: int) -> bool:
@@ -984,7 +1200,7 @@ def _identify(conn: sqlite3.Connection, path: Path) -> int:
     columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(events)")}
     # A hub's log has an events table too, keyed by source: its columns tell.
     if (
-        not (_AGENT_TABLES.issubset(tables) and columns.issuperset(EventRow._fields))
+        not (_AGENT_TABLES.issubset(tables) and columns.issuperset(_BASE_COLUMNS))
         or "source_id" in columns
         or "sources" in tables
     ):

@@ -82,7 +82,10 @@ def _check(conn: sqlite3.Connection, path: Path) -> Report:
             conn.execute("SELECT sku, on_hand FROM snapshot_stock WHERE source_id = ?", (sid,))
         )
         count, low, high = conn.execute(
-            "SELECT count(*), min(seq), max(seq) FROM events WHERE source_id = ? AND seq > ?",
+            # A folded row stands for folded_from_seq..seq (DESIGN §6).
+            "SELECT coalesce(sum(CASE WHEN folded_from_seq > 0 THEN seq - folded_from_seq + 1 "
+            "ELSE 1 END), 0), min(CASE WHEN folded_from_seq > 0 THEN folded_from_seq ELSE seq "
+            "END), max(seq) FROM events WHERE source_id = ? AND seq > ?",
             (sid, snapshot_seq),
         ).fetchone()
         report.events += count

@@ -6,7 +6,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from stocksync.cli_common import (
     setup_logging,
     tune_gc,
 )
+from stocksync.clock import wall_ms
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
 from stocksync.hub.certs_cli import certs, tokens
@@ -268,7 +268,7 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
         stocksync-hub warehouses --json --insecure
     """
     reply = query(target, "ListWarehouses", inventory_pb2.ListWarehousesRequest(), **conn)
-    now_ms = time.time_ns() // 1_000_000
+    now_ms = wall_ms()
     items = [
         {
             "warehouse": w.warehouse,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from stocksync.clock import wall_s
+
 __all__ = ["HubClock"]
 
 
@@ -30,7 +32,7 @@ class HubClock:
         self,
         start_ms: int = 0,
         monotonic: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        wall: Callable[[], float] = wall_s,
     ) -> None:
         self._monotonic = monotonic
         self._wall = wall

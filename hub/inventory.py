@@ -321,7 +321,7 @@ class Inventory:
                 stream of the same store got there first).
             SourceRetired: the source's epoch was replaced.
         """
-        expected = rows[0].seq - 1
+        expected = rows[0].first_seq - 1  # a folded row starts before its seq
         if self._current.get(source.warehouse) != source.source_id:
             raise SourceRetired(
                 f"epoch {source.epoch} of {source.warehouse} was replaced by a newer store; "

@@ -177,7 +177,13 @@ CREATE INDEX webhook_pending ON webhook_deliveries (subscription, event) WHERE s
 the receiver answered 2xx, then ``delivered``. Events are written in the
 transaction of the change they report."""
 
-MIGRATIONS = (V1, V2, V3, V4)
+V5 = """
+ALTER TABLE events ADD COLUMN folded_from_seq INTEGER NOT NULL DEFAULT 0;
+"""
+"""Folded events (DESIGN §6): a row the agent compacted stands for the seqs
+``folded_from_seq..seq``; 0 for an event as recorded."""
+
+MIGRATIONS = (V1, V2, V3, V4, V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -54,7 +54,7 @@ def insert_event_sql(source_id: int) -> str:
     issued) so the rows go to ``executemany`` as they are, without a new
     tuple per event; SQLite's statement cache keeps one per source.
     """
-    return f"INSERT INTO events VALUES ({int(source_id)},?,?,?,?,?,?,?,?,?,?)"
+    return f"INSERT INTO events VALUES ({int(source_id)},?,?,?,?,?,?,?,?,?,?,?)"
 
 
 def apply_rows(

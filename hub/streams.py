@@ -8,8 +8,9 @@ memory only: after a hub restart every agent reconnects and says Hello.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
+
+from stocksync.clock import wall_ms
 
 __all__ = ["AgentStream", "StreamRegistry"]
 
@@ -33,7 +34,7 @@ class AgentStream:
 
     def seen(self) -> None:
         """The agent said something just now."""
-        self.last_seen_ms = time.time_ns() // 1_000_000
+        self.last_seen_ms = wall_ms()
 
     @property
     def lag_events(self) -> int:

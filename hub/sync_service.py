@@ -24,8 +24,10 @@ from typing import Any, TypeVar
 import grpc
 
 from stocksync import wire
+from stocksync.clock import wall_ms
 from stocksync.errors import Status, StocksyncError
 from stocksync.events import EventRow
+from stocksync.faults import fault_point
 from stocksync.grpc_edge import Undecodable, abort
 from stocksync.hub.grpc_gate import current_caller
 from stocksync.hub.inventory import Inventory
@@ -58,7 +60,7 @@ T = TypeVar("T")
 
 
 def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 class _StreamEnded(Exception):
@@ -154,6 +156,7 @@ class _Pipeline:
                 self._start_commit()
             if self._in_flight is not None:
                 await asyncio.shield(self._in_flight)  # a store error ends the stream
+                fault_point("hub-after-commit")  # durable, not yet acknowledged
                 self._counters.applied(self._in_flight_events)
                 self.session.on_applied(self._in_flight_last)
                 self._in_flight = None
@@ -413,8 +416,11 @@ class SyncServicer(sync_pb2_grpc.SyncServiceServicer):
         batch: sync_pb2.Batch,
         counters: WarehouseCounters,
     ) -> None:
+        events = batch.events
         try:
-            verdict = session.on_batch(batch.first_seq, len(batch.events))
+            verdict = session.on_batch(
+                batch.first_seq, len(events), events[-1].seq if events else batch.first_seq
+            )
         except SeqGap:
             counters.gaps()
             raise

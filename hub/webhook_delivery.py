@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from stocksync.clock import wall_ms, wall_s
 from stocksync.errors import InvalidArgument, StocksyncError
 from stocksync.hub.notices import Notices, OutboxEvent
 from stocksync.hub.storage import Delivery, HubStore, WriteTx
@@ -157,7 +157,7 @@ class WebhookDelivery:
         labels = self._labels(subscription)
         if not labels:
             raise InvalidArgument("no webhook subscriptions are configured")
-        unix_ms = time.time_ns() // 1_000_000
+        unix_ms = wall_ms()
         event = self.notices.event_for(TEST_EVENT, {"test": True}, unix_ms, labels)
         await self.writer.write(lambda tx: tx.add_webhook_events([event]))
         self._recorded([event])
@@ -239,7 +239,7 @@ class WebhookDelivery:
             "Content-Type": "application/json",
             "Stocksync-Event-Id": delivery.event_id,
             "Stocksync-Event-Type": delivery.type,
-            SIGNATURE_HEADER: sign(subscription.secret, int(time.time()), body),
+            SIGNATURE_HEADER: sign(subscription.secret, int(wall_s()), body),
         }
         try:
             async with self._session.post(
@@ -270,7 +270,7 @@ class WebhookDelivery:
         await self._mark(label, delivery, why)
 
     async def _mark(self, label: str, delivery: Delivery, error: str) -> None:
-        unix_ms = time.time_ns() // 1_000_000
+        unix_ms = wall_ms()
         try:
             await self.writer.write(
                 lambda tx: tx.webhook_attempted(label, delivery.event_id, error, unix_ms)
@@ -282,7 +282,7 @@ class WebhookDelivery:
 
     async def _prune_forever(self) -> None:
         while True:
-            cutoff = time.time_ns() // 1_000_000 - int(self.retention_hours * 3_600_000)
+            cutoff = wall_ms() - int(self.retention_hours * 3_600_000)
             try:
                 pruned: int = await self.writer.write(partial(_prune, before_unix_ms=cutoff))
             except StocksyncError as e:

@@ -168,7 +168,11 @@ class AgentConfig:
         "...or, while another batch awaits its ack, this long after its first event, whichever "
         "first (T). With nothing in flight a batch goes at once.",
     )
-    window_events: int = _knob(8000, "Most events sent but not yet acknowledged by the hub.")
+    window_events: int = _knob(
+        50_000,
+        "Most events sent but not yet acknowledged by the hub. It must cover the "
+        "bandwidth-delay product: 150,000 events/s over a 250 ms round trip is 37,500.",
+    )
     poll_interval_ms: int = _knob(
         250,
         "How often the daemon looks for new events by itself. Recording wakes it at once "
@@ -183,6 +187,12 @@ class AgentConfig:
         168.0,
         "Acknowledged events older than this are pruned from the store (never unacknowledged "
         "ones); a count can be taken as of a pruned seq no longer. 0: prune once acknowledged.",
+    )
+    max_pending_events: int = _knob(
+        0,
+        "Cap on pending (unacknowledged) events in the store: past it, never-sent events are "
+        "compacted losslessly, one net event per SKU covering their seqs (DESIGN §6). "
+        "0: never compact.",
     )
     local_api: str = _knob(
         "",
@@ -226,6 +236,8 @@ class AgentConfig:
         _check_range("connect_timeout_s", self.connect_timeout_s, 0.1, 3600)
         _check_range("keepalive_s", self.keepalive_s, 1, 3600)
         _check_range("retention_hours", self.retention_hours, 0, 87_600)
+        if self.max_pending_events:
+            _check_range("max_pending_events", self.max_pending_events, 1000, 1_000_000_000)
         if self.local_api:
             try:
                 check_local_address(self.local_api)

@@ -110,6 +110,14 @@ class EventRow(NamedTuple):
     """COUNT only: the seq the count was taken at; 0 otherwise."""
     recorded_at_ms: int
     """The agent's wall clock, informational only."""
+    folded_from_seq: int = 0
+    """0 as recorded; for an event the agent compacted (DESIGN §6), the first
+    seq it stands for: it covers ``folded_from_seq..seq``."""
+
+    @property
+    def first_seq(self) -> int:
+        """The first seq this row stands for (its own seq unless folded)."""
+        return self.folded_from_seq or self.seq
 
 
 def validate_sku(sku: str) -> str:

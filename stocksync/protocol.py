@@ -433,7 +433,8 @@ class AgentSession:
 
 @dataclass(frozen=True, slots=True)
 class Apply:
-    """Apply ``events[skip:]`` of the batch, then ack ``last_seq``."""
+    """Apply the batch's events past its first ``skip`` seqs (``events[skip:]``
+    unless some are folded), then ack ``last_seq``."""
 
     skip: int
     last_seq: int
@@ -649,8 +650,14 @@ class HubSession:
         self.watermark = self.accepted = as_of_seq
         return as_of_seq
 
-    def on_batch(self, first_seq: int, count: int) -> Apply | Duplicate:
+    def on_batch(
+        self, first_seq: int, count: int, last_seq: int | None = None
+    ) -> Apply | Duplicate:
         """Classify a batch of ``count`` contiguous events from ``first_seq``.
+
+        ``last_seq`` is the last event's seq: ``first_seq + count - 1`` (the
+        default) unless the batch holds folded events, which stand for a seq
+        range each (DESIGN §6).
 
         Raises:
             UnexpectedMessage: before the handshake or snapshot is done.
@@ -667,7 +674,11 @@ class HubSession:
             )
         if first_seq < 1:
             raise MalformedMessage("seqs start at 1")
-        last = first_seq + count - 1
+        last = first_seq + count - 1 if last_seq is None else last_seq
+        if last < first_seq + count - 1:
+            raise MalformedMessage(
+                f"batch of {count} events from seq {first_seq} cannot end at seq {last}"
+            )
         self.agent_high_seq = max(self.agent_high_seq, last)
         if last <= self.accepted:
             return Duplicate(self.watermark)

@@ -83,7 +83,7 @@ def batch_message(rows: Sequence[EventRow]) -> sync_pb2.SyncRequest:
     """A Batch of outbox rows (see ``AgentStore.events``), which must be contiguous."""
     request = sync_pb2.SyncRequest()
     batch = request.batch
-    batch.first_seq = rows[0].seq
+    batch.first_seq = rows[0].first_seq
     add = batch.events.add  # built in place: no per-event message copy
     for (
         seq,
@@ -96,8 +96,23 @@ def batch_message(rows: Sequence[EventRow]) -> sync_pb2.SyncRequest:
         reservation_id,
         as_of_seq,
         recorded_at_ms,
+        folded_from_seq,
     ) in rows:
-        if reason or reservation_id or as_of_seq:
+        if folded_from_seq:
+            add(
+                seq=seq,
+                event_id=event_id,
+                sku=sku,
+                kind=kind,
+                quantity=quantity,
+                delta=delta,
+                reason=reason,
+                reservation_id=reservation_id,
+                as_of_seq=as_of_seq,
+                recorded_at_unix_ms=recorded_at_ms,
+                folded_from_seq=folded_from_seq,
+            )
+        elif reason or reservation_id or as_of_seq:
             add(
                 seq=seq,
                 event_id=event_id,
@@ -131,9 +146,18 @@ _MAX_RID = MAX_RESERVATION_ID_LEN
 def _check_event(e: sync_pb2.Event, expected: int) -> None:
     """Every rule for one received event; raises the precise InvalidEvent."""
     seq, kind, quantity, delta = e.seq, e.kind, e.quantity, e.delta
-    if seq != expected:
-        raise InvalidEvent(f"seqs are not contiguous: expected {expected}, got {seq}")
-    check_fields(e.sku, kind, quantity, e.reason, e.reservation_id, kind == _COUNT)
+    folded = e.folded_from_seq
+    if (folded or seq) != expected:
+        raise InvalidEvent(f"seqs are not contiguous: expected {expected}, got {folded or seq}")
+    if folded > seq:
+        raise InvalidEvent(f"folded_from_seq {folded} is past the event's seq {seq}")
+    if folded and kind == _ADJUST and quantity == 0:
+        # A compacted SKU whose moves cancel out: a net change of 0 is allowed.
+        check_fields(e.sku, kind, 1, e.reason, e.reservation_id, False)
+        if delta != 0:
+            raise InvalidEvent(f"delta {delta} does not match quantity {quantity}")
+    else:
+        check_fields(e.sku, kind, quantity, e.reason, e.reservation_id, kind == _COUNT)
     if kind != _COUNT and delta != plain_delta(kind, quantity):
         raise InvalidEvent(f"delta {delta} does not match quantity {quantity}")
     if kind != _COUNT and e.as_of_seq:
@@ -148,7 +172,12 @@ _row = tuple.__new__  # EventRow from a tuple without NamedTuple's slower __new_
 
 
 def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
-    """The rows for ``batch.events[skip:]``, every field checked.
+    """The rows for the batch's events past its first ``skip`` seqs (already
+    accepted), every field checked.
+
+    Events are contiguous by seq range: each starts (at ``folded_from_seq``
+    if it is a folded event, else at its seq) one past where the one before
+    ended.
 
     This is the hub's hot path. The common event (a RECEIVE, SHIP or ADJUST
     that is plainly within every bound) passes one inline test; anything else
@@ -162,8 +191,18 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
     append = rows.append
     good_skus = WELL_FORMED_SKUS
     expected = batch.first_seq + skip
-    for e in batch.events[skip:]:
+    events = batch.events
+    start = 0
+    if skip:
+        # Skip whole events that end before `expected` (one per seq unless folded).
+        start = min(skip, len(events))
+        while start > 0 and events[start - 1].seq >= expected:
+            start -= 1
+        while start < len(events) and events[start].seq < expected:
+            start += 1
+    for e in events[start:]:
         seq, sku, kind, quantity, delta = e.seq, e.sku, e.kind, e.quantity, e.delta
+        folded = e.folded_from_seq
         reason, reservation_id, as_of_seq, event_id = (
             e.reason,
             e.reservation_id,
@@ -172,6 +211,7 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
         )
         if not (
             seq == expected
+            and not folded
             and (
                 (kind == _RECEIVE and 0 < quantity <= MAX_QUANTITY and delta == quantity)
                 or (kind == _SHIP and 0 < quantity <= MAX_QUANTITY and delta == -quantity)
@@ -201,10 +241,11 @@ def batch_rows(batch: sync_pb2.Batch, skip: int) -> list[EventRow]:
                     reservation_id,
                     as_of_seq,
                     e.recorded_at_unix_ms,
+                    folded,
                 ),
             )
         )
-        expected += 1
+        expected = seq + 1
     return rows
 
 

@@ -59,6 +59,7 @@ def main() -> int:
     parser.add_argument("log", type=Path, help="where reported seqs are appended")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pause-ms", type=float, default=3.0, help="most sleep between records")
+    parser.add_argument("--synchronous", default="FULL", help="the store's synchronous pragma")
     args = parser.parse_args()
 
     stopping = False
@@ -72,7 +73,7 @@ def main() -> int:
     rng = random.Random(args.seed)
     fd = os.open(args.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     serial = 0
-    with AgentStore(args.db) as store:
+    with AgentStore(args.db, synchronous=args.synchronous) as store:
         known_high = store.high_seq()
         while not stopping and not stop_file.exists():
             size = 1 if rng.random() < 0.6 else rng.randint(2, 6)

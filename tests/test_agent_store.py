@@ -172,8 +172,8 @@ def test_events_rows_carry_the_recorded_fields(store: AgentStore) -> None:
     )
     rows = store.events(2, 3)
     assert [r[:1] + r[2:] for r in rows] == [
-        (2, "A", int(Kind.SHIP), 4, -4, "", "r-1", 0, 1_700_000_000_000),
-        (3, "A", int(Kind.ADJUST), -1, -1, "damaged", "", 0, 1_700_000_000_000),
+        (2, "A", int(Kind.SHIP), 4, -4, "", "r-1", 0, 1_700_000_000_000, 0),
+        (3, "A", int(Kind.ADJUST), -1, -1, "damaged", "", 0, 1_700_000_000_000, 0),
     ]
     assert store.events(4, 10) == []
 

@@ -741,8 +741,6 @@ def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
 
 # --- the units, the metrics and a real Prometheus, against running processes --
 #
-# The deploy files against running processes.
-#
 # One hub and one agent run exactly as the systemd units start them (their
 # ExecStart, the example configs, TLS from a credentials directory made by
 # ``stocksync-hub certs``, ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` as systemd
@@ -821,6 +819,27 @@ class Families:
             if any(name == family + suffix for suffix in suffixes.get(kind, ("",))):
                 return family
         return None
+
+
+def test_sample_names_map_to_their_family_by_type() -> None:
+    """_total, _bucket, _sum, _count and _created belong to a family only as its
+    type has them: a gauge that happens to end in _count is its own family."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    Counter("demo_events", "c", registry=registry)
+    Histogram("demo_latency_seconds", "h", registry=registry)
+    Gauge("demo_queue_count", "g", ["warehouse"], registry=registry).labels("WH-1").set(1)
+    families = Families()
+    families.add(generate_latest(registry).decode())
+    assert families.family_of("demo_events_total") == "demo_events"
+    assert families.family_of("demo_events") is None
+    assert families.family_of("demo_latency_seconds_bucket") == "demo_latency_seconds"
+    assert families.family_of("demo_latency_seconds_count") == "demo_latency_seconds"
+    assert families.family_of("demo_latency_seconds") is None
+    assert families.family_of("demo_queue_count") == "demo_queue_count"
+    assert families.family_of("demo_queue") is None
+    assert families.labels["demo_queue_count"] == {"warehouse"}
 
 
 @dataclass
@@ -905,6 +924,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         },
     )
     children: list[Child] = [hub]
+    closed: list[socket.socket] = []
     try:
 
         def hub_ready() -> dict[str, Any] | None:
@@ -943,10 +963,15 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
                 check=True,
                 capture_output=True,
             )
+        # A port bound and never listening: connections are refused, and no
+        # other process can take it meanwhile.
+        nobody = socket.socket()
+        nobody.bind(("127.0.0.1", 0))
+        closed.append(nobody)
         fra = AgentChild(
             "WH-FRA",
             fra_db,
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{nobody.getsockname()[1]}",
             tmp / "fra.log",
             extra=["--metrics", "127.0.0.1:0"],
         )
@@ -1001,6 +1026,8 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         for child in reversed(children):
             child.stop()
         notify.close()
+        for sock in closed:
+            sock.close()
 
 
 def test_units_start_ready_and_ping_the_watchdog(running: Running) -> None:

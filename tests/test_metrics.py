@@ -415,3 +415,45 @@ def test_the_readme_metrics_table_is_current() -> None:
     assert table.stdout.strip() in readme, "run `python scripts/metrics_table.py` into README.md"
     for spec in (*agent_metrics.SPECS, *hub_metrics.SPECS):
         assert f"| `{spec.name}` |" in readme
+
+
+def test_a_restarted_hub_exports_every_known_warehouse_from_its_first_scrape(
+    tmp_path: Path,
+) -> None:
+    def start() -> HubChild:
+        hub = HubChild(tmp_path / "hub.db", tmp_path / "hub.log", extra=("--http", "127.0.0.1:0"))
+        hub.wait_ready(30)
+        return hub
+
+    hub = start()
+    try:
+        with grpc.insecure_channel(hub.target) as channel:
+            establish(channel, "WH-OLD").close()  # snapshot, then events 4 and 5
+        seen = wait_until(
+            lambda: Scrape(f"http://127.0.0.1:{hub.http_port}/metrics").get(
+                "stocksync_hub_last_seen_timestamp_seconds", warehouse="WH-OLD"
+            ),
+            30,
+            "last seen",
+        )
+    finally:
+        hub.stop()
+    hub = start()
+    try:
+        scrape = Scrape(f"http://127.0.0.1:{hub.http_port}/metrics")
+    finally:
+        hub.stop()
+    # No stream since the restart: every child is there, at 0 for the counters.
+    for name in (
+        "stocksync_hub_events_applied_total",
+        "stocksync_hub_duplicate_events_total",
+        "stocksync_hub_gaps_total",
+        "stocksync_hub_snapshots_total",
+        "stocksync_hub_stalls_total",
+        "stocksync_hub_warehouse_connected",
+        "stocksync_hub_lag_events",
+    ):
+        assert scrape.get(name, warehouse="WH-OLD") == 0, name
+    assert scrape.get("stocksync_hub_watermark_seq", warehouse="WH-OLD") == 5
+    assert scrape.get("stocksync_hub_last_seen_timestamp_seconds", warehouse="WH-OLD") >= seen - 1
+    assert scrape.get("stocksync_hub_connected_agents") == 0

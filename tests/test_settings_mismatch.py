@@ -138,6 +138,15 @@ def test_a_refusal_backs_off_more_each_time_and_is_shown_by_status(tmp_path: Pat
     # Never a fresh start: attempt numbers only grow while the hub refuses.
     assert attempts == sorted(attempts) and attempts[0] == 1 and attempts[-1] >= 4, attempts
     assert link.reconnects >= 5
+    # Each counted as a refusal, under the hub's status.
+    wh = {"warehouse": "WH-LAX"}
+    registry = link.metrics.registry
+    refused = registry.get_sample_value(
+        "stocksync_agent_reconnects_total", {**wh, "reason": "refused"}
+    )
+    assert refused == link.reconnects
+    errors = {**wh, "code": "INVALID_ARGUMENT"}
+    assert registry.get_sample_value("stocksync_agent_errors_total", errors) >= link.reconnects
     with AgentStore(db) as store:
         info = status_info(store)
     assert "INVALID_ARGUMENT: batch refused: event seq 1: sku is cursed" in info["last_error"]

@@ -46,7 +46,7 @@ import click
 from stocksync.agent.store import AgentStore
 from stocksync.config import AgentConfig, load
 from stocksync.events import EventRow, Kind, NewEvent
-from stocksync.hub.sqlite_schema import V1 as SCHEMA
+from stocksync.hub.sqlite_schema import MIGRATIONS
 from stocksync.hub.sqlite_store import UPSERT_STOCK, apply_rows, insert_event_sql
 from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s, rss_kb
 from stocksync.tools.procs import AgentChild, Child, ChildDied, HubChild
@@ -106,7 +106,8 @@ def _fresh_hub_db(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    conn.executescript(SCHEMA)
+    for script in MIGRATIONS:  # the hub's tables as they are now
+        conn.executescript(script)
     return conn
 
 

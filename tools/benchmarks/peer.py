@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from stocksync.events import EventRow
-from stocksync.hub.sqlite_schema import V1 as SCHEMA
+from stocksync.hub.sqlite_schema import MIGRATIONS
 from stocksync.hub.sqlite_store import UPSERT_STOCK, insert_event_sql
 
 __all__ = [
@@ -304,7 +304,8 @@ def _open_db(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
-    conn.executescript(SCHEMA)
+    for script in MIGRATIONS:  # the hub's tables as they are now
+        conn.executescript(script)
     conn.execute("CREATE TABLE peer_watermark (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL)")
     conn.execute("INSERT INTO peer_watermark VALUES (1, 0)")
     return conn

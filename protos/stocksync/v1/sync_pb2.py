@@ -24,47 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stocksync/v1/sync.proto\x12\x0cstocksync.v1\"\xd3\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.stocksync.v1.EventKind\x12\x10\n\x08quantity\x18\x05 \x01(\x12\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x12\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x12\x11\n\tas_of_seq\x18\t \x01(\x04\x12\x1b\n\x13recorded_at_unix_ms\x18\n \x01(\x03\"h\n\x05Hello\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x10\n\x08high_seq\x18\x03 \x01(\x04\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\x11\n\tacked_seq\x18\x05 \x01(\x04\"?\n\x05\x42\x61tch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.stocksync.v1.Event\"(\n\x08SkuStock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x12\"W\n\rSnapshotChunk\x12\x11\n\tas_of_seq\x18\x01 \x01(\x04\x12%\n\x05stock\x18\x02 \x03(\x0b\x32\x16.stocksync.v1.SkuStock\x12\x0c\n\x04last\x18\x03 \x01(\x08\"R\n\x07\x42\x61\x63klog\x12\x10\n\x08high_seq\x18\x01 \x01(\x04\x12\x16\n\x0epending_events\x18\x02 \x01(\x04\x12\x1d\n\x15oldest_pending_age_ms\x18\x03 \x01(\x04\"G\n\x04Ping\x12\x17\n\x0fsent_at_unix_ms\x18\x01 \x01(\x03\x12&\n\x07\x62\x61\x63klog\x18\x02 \x01(\x0b\x32\x15.stocksync.v1.Backlog\" \n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"\xea\x01\n\x0bSyncRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.stocksync.v1.HelloH\x00\x12$\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.stocksync.v1.BatchH\x00\x12\"\n\x04ping\x18\x03 \x01(\x0b\x32\x12.stocksync.v1.PingH\x00\x12/\n\x08snapshot\x18\x04 \x01(\x0b\x32\x1b.stocksync.v1.SnapshotChunkH\x00\x12/\n\x0b\x63ommand_ack\x18\x05 \x01(\x0b\x32\x18.stocksync.v1.CommandAckH\x00\x42\t\n\x07message\"k\n\x07Welcome\x12\x11\n\twatermark\x18\x01 \x01(\x04\x12\x19\n\x11snapshot_required\x18\x02 \x01(\x08\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x18\n\x10max_batch_events\x18\x04 \x01(\r\"\x18\n\x03\x41\x63k\x12\x11\n\tup_to_seq\x18\x01 \x01(\x04\"!\n\x0fSnapshotRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"X\n\x0bPickCommand\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x04\x12\x12\n\ncommand_id\x18\x04 \x01(\t\"a\n\nPickCancel\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ncels_command_id\x18\x02 \x01(\t\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\"\xca\x02\n\x0cSyncResponse\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.stocksync.v1.WelcomeH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.stocksync.v1.AckH\x00\x12\"\n\x04ping\x18\x03 \x01(\x0b\x32\x12.stocksync.v1.PingH\x00\x12\x39\n\x10snapshot_request\x18\x04 \x01(\x0b\x32\x1d.stocksync.v1.SnapshotRequestH\x00\x12)\n\x04pick\x18\x05 \x01(\x0b\x32\x19.stocksync.v1.PickCommandH\x00\x12/\n\x0b\x63\x61ncel_pick\x18\x06 \x01(\x0b\x32\x18.stocksync.v1.PickCancelH\x00\x12(\n\x07goodbye\x18\x07 \x01(\x0b\x32\x15.stocksync.v1.GoodbyeH\x00\x42\t\n\x07message\"@\n\x07Goodbye\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x17\n\x0fresume_from_seq\x18\x03 \x01(\x04*\x81\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_RECEIVE\x10\x01\x12\x13\n\x0f\x45VENT_KIND_SHIP\x10\x02\x12\x15\n\x11\x45VENT_KIND_ADJUST\x10\x03\x12\x14\n\x10\x45VENT_KIND_COUNT\x10\x04\x32P\n\x0bSyncService\x12\x41\n\x04Sync\x12\x19.stocksync.v1.SyncRequest\x1a\x1a.stocksync.v1.SyncResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stocksync/v1/sync.proto\x12\x0cstocksync.v1\"\xec\x01\n\x05\x45vent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0b\n\x03sku\x18\x03 \x01(\t\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.stocksync.v1.EventKind\x12\x10\n\x08quantity\x18\x05 \x01(\x12\x12\r\n\x05\x64\x65lta\x18\x06 \x01(\x12\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\x16\n\x0ereservation_id\x18\x08 \x01(\t\x12\x11\n\tas_of_seq\x18\t \x01(\x04\x12\x1b\n\x13recorded_at_unix_ms\x18\n \x01(\x03\x12\x17\n\x0f\x66olded_from_seq\x18\x0b \x01(\x04\"h\n\x05Hello\x12\x11\n\twarehouse\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\t\x12\x10\n\x08high_seq\x18\x03 \x01(\x04\x12\x18\n\x10protocol_version\x18\x04 \x01(\r\x12\x11\n\tacked_seq\x18\x05 \x01(\x04\"?\n\x05\x42\x61tch\x12\x11\n\tfirst_seq\x18\x01 \x01(\x04\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.stocksync.v1.Event\"(\n\x08SkuStock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0f\n\x07on_hand\x18\x02 \x01(\x12\"W\n\rSnapshotChunk\x12\x11\n\tas_of_seq\x18\x01 \x01(\x04\x12%\n\x05stock\x18\x02 \x03(\x0b\x32\x16.stocksync.v1.SkuStock\x12\x0c\n\x04last\x18\x03 \x01(\x08\"R\n\x07\x42\x61\x63klog\x12\x10\n\x08high_seq\x18\x01 \x01(\x04\x12\x16\n\x0epending_events\x18\x02 \x01(\x04\x12\x1d\n\x15oldest_pending_age_ms\x18\x03 \x01(\x04\"G\n\x04Ping\x12\x17\n\x0fsent_at_unix_ms\x18\x01 \x01(\x03\x12&\n\x07\x62\x61\x63klog\x18\x02 \x01(\x0b\x32\x15.stocksync.v1.Backlog\" \n\nCommandAck\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"\xea\x01\n\x0bSyncRequest\x12$\n\x05hello\x18\x01 \x01(\x0b\x32\x13.stocksync.v1.HelloH\x00\x12$\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x13.stocksync.v1.BatchH\x00\x12\"\n\x04ping\x18\x03 \x01(\x0b\x32\x12.stocksync.v1.PingH\x00\x12/\n\x08snapshot\x18\x04 \x01(\x0b\x32\x1b.stocksync.v1.SnapshotChunkH\x00\x12/\n\x0b\x63ommand_ack\x18\x05 \x01(\x0b\x32\x18.stocksync.v1.CommandAckH\x00\x42\t\n\x07message\"k\n\x07Welcome\x12\x11\n\twatermark\x18\x01 \x01(\x04\x12\x19\n\x11snapshot_required\x18\x02 \x01(\x08\x12\x18\n\x10protocol_version\x18\x03 \x01(\r\x12\x18\n\x10max_batch_events\x18\x04 \x01(\r\"\x18\n\x03\x41\x63k\x12\x11\n\tup_to_seq\x18\x01 \x01(\x04\"!\n\x0fSnapshotRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"X\n\x0bPickCommand\x12\x16\n\x0ereservation_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x04\x12\x12\n\ncommand_id\x18\x04 \x01(\t\"a\n\nPickCancel\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63\x61ncels_command_id\x18\x02 \x01(\t\x12\x16\n\x0ereservation_id\x18\x03 \x01(\t\x12\x0b\n\x03sku\x18\x04 \x01(\t\"\xca\x02\n\x0cSyncResponse\x12(\n\x07welcome\x18\x01 \x01(\x0b\x32\x15.stocksync.v1.WelcomeH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.stocksync.v1.AckH\x00\x12\"\n\x04ping\x18\x03 \x01(\x0b\x32\x12.stocksync.v1.PingH\x00\x12\x39\n\x10snapshot_request\x18\x04 \x01(\x0b\x32\x1d.stocksync.v1.SnapshotRequestH\x00\x12)\n\x04pick\x18\x05 \x01(\x0b\x32\x19.stocksync.v1.PickCommandH\x00\x12/\n\x0b\x63\x61ncel_pick\x18\x06 \x01(\x0b\x32\x18.stocksync.v1.PickCancelH\x00\x12(\n\x07goodbye\x18\x07 \x01(\x0b\x32\x15.stocksync.v1.GoodbyeH\x00\x42\t\n\x07message\"@\n\x07Goodbye\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x17\n\x0fresume_from_seq\x18\x03 \x01(\x04*\x81\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45VENT_KIND_RECEIVE\x10\x01\x12\x13\n\x0f\x45VENT_KIND_SHIP\x10\x02\x12\x15\n\x11\x45VENT_KIND_ADJUST\x10\x03\x12\x14\n\x10\x45VENT_KIND_COUNT\x10\x04\x32P\n\x0bSyncService\x12\x41\n\x04Sync\x12\x19.stocksync.v1.SyncRequest\x1a\x1a.stocksync.v1.SyncResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stocksync.v1.sync_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVENTKIND']._serialized_start=1744
-  _globals['_EVENTKIND']._serialized_end=1873
+  _globals['_EVENTKIND']._serialized_start=1769
+  _globals['_EVENTKIND']._serialized_end=1898
   _globals['_EVENT']._serialized_start=42
-  _globals['_EVENT']._serialized_end=253
-  _globals['_HELLO']._serialized_start=255
-  _globals['_HELLO']._serialized_end=359
-  _globals['_BATCH']._serialized_start=361
-  _globals['_BATCH']._serialized_end=424
-  _globals['_SKUSTOCK']._serialized_start=426
-  _globals['_SKUSTOCK']._serialized_end=466
-  _globals['_SNAPSHOTCHUNK']._serialized_start=468
-  _globals['_SNAPSHOTCHUNK']._serialized_end=555
-  _globals['_BACKLOG']._serialized_start=557
-  _globals['_BACKLOG']._serialized_end=639
-  _globals['_PING']._serialized_start=641
-  _globals['_PING']._serialized_end=712
-  _globals['_COMMANDACK']._serialized_start=714
-  _globals['_COMMANDACK']._serialized_end=746
-  _globals['_SYNCREQUEST']._serialized_start=749
-  _globals['_SYNCREQUEST']._serialized_end=983
-  _globals['_WELCOME']._serialized_start=985
-  _globals['_WELCOME']._serialized_end=1092
-  _globals['_ACK']._serialized_start=1094
-  _globals['_ACK']._serialized_end=1118
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1120
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1153
-  _globals['_PICKCOMMAND']._serialized_start=1155
-  _globals['_PICKCOMMAND']._serialized_end=1243
-  _globals['_PICKCANCEL']._serialized_start=1245
-  _globals['_PICKCANCEL']._serialized_end=1342
-  _globals['_SYNCRESPONSE']._serialized_start=1345
-  _globals['_SYNCRESPONSE']._serialized_end=1675
-  _globals['_GOODBYE']._serialized_start=1677
-  _globals['_GOODBYE']._serialized_end=1741
-  _globals['_SYNCSERVICE']._serialized_start=1875
-  _globals['_SYNCSERVICE']._serialized_end=1955
+  _globals['_EVENT']._serialized_end=278
+  _globals['_HELLO']._serialized_start=280
+  _globals['_HELLO']._serialized_end=384
+  _globals['_BATCH']._serialized_start=386
+  _globals['_BATCH']._serialized_end=449
+  _globals['_SKUSTOCK']._serialized_start=451
+  _globals['_SKUSTOCK']._serialized_end=491
+  _globals['_SNAPSHOTCHUNK']._serialized_start=493
+  _globals['_SNAPSHOTCHUNK']._serialized_end=580
+  _globals['_BACKLOG']._serialized_start=582
+  _globals['_BACKLOG']._serialized_end=664
+  _globals['_PING']._serialized_start=666
+  _globals['_PING']._serialized_end=737
+  _globals['_COMMANDACK']._serialized_start=739
+  _globals['_COMMANDACK']._serialized_end=771
+  _globals['_SYNCREQUEST']._serialized_start=774
+  _globals['_SYNCREQUEST']._serialized_end=1008
+  _globals['_WELCOME']._serialized_start=1010
+  _globals['_WELCOME']._serialized_end=1117
+  _globals['_ACK']._serialized_start=1119
+  _globals['_ACK']._serialized_end=1143
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1145
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1178
+  _globals['_PICKCOMMAND']._serialized_start=1180
+  _globals['_PICKCOMMAND']._serialized_end=1268
+  _globals['_PICKCANCEL']._serialized_start=1270
+  _globals['_PICKCANCEL']._serialized_end=1367
+  _globals['_SYNCRESPONSE']._serialized_start=1370
+  _globals['_SYNCRESPONSE']._serialized_end=1700
+  _globals['_GOODBYE']._serialized_start=1702
+  _globals['_GOODBYE']._serialized_end=1766
+  _globals['_SYNCSERVICE']._serialized_start=1900
+  _globals['_SYNCSERVICE']._serialized_end=1980
 # @@protoc_insertion_point(module_scope)

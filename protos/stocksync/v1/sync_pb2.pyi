@@ -21,7 +21,7 @@ EVENT_KIND_ADJUST: EventKind
 EVENT_KIND_COUNT: EventKind
 
 class Event(_message.Message):
-    __slots__ = ("seq", "event_id", "sku", "kind", "quantity", "delta", "reason", "reservation_id", "as_of_seq", "recorded_at_unix_ms")
+    __slots__ = ("seq", "event_id", "sku", "kind", "quantity", "delta", "reason", "reservation_id", "as_of_seq", "recorded_at_unix_ms", "folded_from_seq")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SKU_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class Event(_message.Message):
     RESERVATION_ID_FIELD_NUMBER: _ClassVar[int]
     AS_OF_SEQ_FIELD_NUMBER: _ClassVar[int]
     RECORDED_AT_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    FOLDED_FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
     seq: int
     event_id: str
     sku: str
@@ -42,7 +43,8 @@ class Event(_message.Message):
     reservation_id: str
     as_of_seq: int
     recorded_at_unix_ms: int
-    def __init__(self, seq: _Optional[int] = ..., event_id: _Optional[str] = ..., sku: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., quantity: _Optional[int] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ..., reservation_id: _Optional[str] = ..., as_of_seq: _Optional[int] = ..., recorded_at_unix_ms: _Optional[int] = ...) -> None: ...
+    folded_from_seq: int
+    def __init__(self, seq: _Optional[int] = ..., event_id: _Optional[str] = ..., sku: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., quantity: _Optional[int] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ..., reservation_id: _Optional[str] = ..., as_of_seq: _Optional[int] = ..., recorded_at_unix_ms: _Optional[int] = ..., folded_from_seq: _Optional[int] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("warehouse", "epoch", "high_seq", "protocol_version", "acked_seq")
