@@ -666,20 +666,36 @@ class Ledger:
         reservations, and every SKU touched is checked for conflicts."""
         book = self.book
         changes = Changes()
-        touched: dict[str, None] = {}
+        touched: dict[str, int] = {}
+        get = touched.get
+        settles = False
         for row in rows:
             sku = row.sku
-            book.add_on_hand(warehouse, sku, row.delta)
-            touched[sku] = None
-            if row.kind == Kind.SHIP and row.reservation_id:
-                self._settle(warehouse, row, changes, unix_ms)
+            touched[sku] = get(sku, 0) + row.delta
+            if row.reservation_id and row.kind == Kind.SHIP:
+                settles = True
+        if settles:
+            # Settling reads the books as each SHIP finds them: event by event.
+            for row in rows:
+                book.add_on_hand(warehouse, row.sku, row.delta)
+                if row.kind == Kind.SHIP and row.reservation_id:
+                    self._settle(warehouse, row, changes, unix_ms)
+        else:
+            # Nothing reads on_hand between the events: one addition per SKU.
+            for sku, delta in touched.items():
+                book.add_on_hand(warehouse, sku, delta)
         self.book.seen(warehouse, now_ms)
         last = rows[-1] if rows else None
         cause = f"{warehouse} events up to seq {last.seq}" if last else warehouse
+        changes.skus.update(touched)
+        negative, active, oversold = self._negative, self._active_by_sku, self._oversold
         for sku in touched:
-            changes.skus.add(sku)
-            changes.merge(self._check_negative(warehouse, sku, cause, unix_ms))
-            changes.merge(self._resolve(sku, cause, now_ms, unix_ms))
+            # Most SKUs have no reservation, no conflict and stock to spare:
+            # the checks below would find nothing to change.
+            if book.on_hand(sku, warehouse) < 0 or (warehouse, sku) in negative:
+                changes.merge(self._check_negative(warehouse, sku, cause, unix_ms))
+            if active.get(sku) or sku in oversold:
+                changes.merge(self._resolve(sku, cause, now_ms, unix_ms))
         return changes
 
     def apply_snapshot(

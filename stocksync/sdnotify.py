@@ -44,6 +44,7 @@ class Notifier:
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self.watchdog_s = int(usec) / 1_000_000
         self._pinger: asyncio.Task[None] | None = None
+        self._failing = False
 
     @property
     def enabled(self) -> bool:
@@ -53,17 +54,24 @@ class Notifier:
     def notify(self, *lines: str) -> bool:
         """Send ``lines`` (``KEY=value``) in one datagram; returns whether it was sent.
 
-        A failure is logged, never raised: systemd not listening must not
-        stop the daemon.
+        The send never blocks (a listener that does not read must not freeze
+        the event loop). A failure is logged once until a send succeeds again,
+        never raised: systemd not listening must not stop the daemon.
         """
         if self.address is None:
             return False
+        kind = socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, kind) as sock:
                 sock.sendto("\n".join(lines).encode(), self.address)
         except OSError as e:
-            log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e)
+            if not self._failing:
+                log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), e)
+            self._failing = True
             return False
+        if self._failing:
+            log.info("notifying systemd again")
+        self._failing = False
         return True
 
     def ready(self, status: str = "") -> None:

@@ -122,6 +122,25 @@ def test_without_notify_socket_nothing_is_sent_and_another_pids_watchdog_is_igno
     assert Notifier({"NOTIFY_SOCKET": "relative/path"}).enabled is False
 
 
+def test_a_listener_that_never_reads_does_not_block_the_daemon(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Linux queues a few datagrams per socket; past that a blocking send would
+    freeze the daemon's event loop. Sends fail at once instead, logged once."""
+    listener = NotifyListener(abstract=True)
+    try:
+        notifier = Notifier({"NOTIFY_SOCKET": listener.address})
+        with caplog.at_level("WARNING", logger="stocksync.sdnotify"):
+            results = [notifier.notify("WATCHDOG=1") for _ in range(500)]
+        assert results[0] is True
+        assert results.count(False) > 0  # the queue filled: sends refused, not waited on
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+        listener.drain()  # systemd reads again
+        assert notifier.notify("WATCHDOG=1") is True
+    finally:
+        listener.close()
+
+
 def _json_lines(text: str) -> list[dict[str, object]]:
     lines = []
     for line in text.splitlines():
