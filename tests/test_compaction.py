@@ -343,3 +343,45 @@ def test_an_offline_agent_within_its_cap_catches_up_with_a_real_hub(tmp_path: Pa
             proc.stop()
     finally:
         hub.kill()
+
+
+def test_the_daemon_counts_compactions_in_its_metrics(tmp_path: Path) -> None:
+    from metrics_scrape import Scrape
+
+    db = tmp_path / "agent.db"
+    AgentStore(db).close()
+    agent = AgentChild(
+        WH,
+        db,
+        "127.0.0.1:9",  # nothing listens there: the agent is offline
+        tmp_path / "agent.log",
+        extra=("--metrics", "127.0.0.1:0"),
+        env={
+            "STOCKSYNC_AGENT_MAX_PENDING_EVENTS": "1000",
+            "STOCKSYNC_AGENT_BACKOFF_INITIAL_S": "0.05",
+            "STOCKSYNC_AGENT_BACKOFF_MAX_S": "0.2",
+        },
+    )
+    try:
+        with AgentStore(db) as store:
+            wait_until(lambda: store.max_pending_events() == 1000, 30, "the cap in the store")
+            for i in range(6):  # recorded by this process, counted by the daemon
+                store.record_many(
+                    [NewEvent(f"SKU-{(i + j) % 20}", Kind.RECEIVE, 1) for j in range(500)]
+                )
+            stats = store.compaction_stats()
+        assert stats["compactions"] >= 2
+        address = wait_until(lambda: agent.status().get("metrics"), 30, "agent metrics")
+
+        def counted() -> Scrape | None:
+            s = Scrape(f"http://{address}/metrics")
+            done = s.get("stocksync_agent_compactions_total", warehouse=WH)
+            return s if done >= stats["compactions"] else None
+
+        scrape = wait_until(counted, 30, "the compactions counted")
+        assert (
+            scrape.get("stocksync_agent_events_folded_total", warehouse=WH)
+            == (stats["events_folded"])
+        )
+    finally:
+        agent.stop()
