@@ -323,7 +323,7 @@ def _scenario_command(name: str, doc: str) -> None:
 
 
 for _name, _doc in {
-    "ingest": "1 / 10 / 50 agent processes recording live into one durable hub.",
+    "ingest": "1 / 10 / 50 agents into one durable hub: with a backlog, then live.",
     "catch-up": "Events buffered offline, then one agent catches up.",
     "record": "Single events via the local API and the CLI, and a CSV import.",
     "latency": "Recorded at the agent -> applied at the hub, and -> room watchers.",
