@@ -16,7 +16,7 @@ from campaigns.runner import run
 pytestmark = pytest.mark.slow
 
 CI_RUNS = {
-    "agent-kills": {"count": 10},
+    "agent-kills": {"count": 50},
     "hub-kills": {"count": 2},
     "partitions": {"count": 8},
     "clock-skew": {"count": 1},

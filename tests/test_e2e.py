@@ -152,6 +152,18 @@ def agent_status(db: Path) -> dict[str, Any]:
     return dict(json.loads(result.stdout))
 
 
+def agent_connected(db: Path) -> bool:
+    """Whether the daemon on ``db`` is connected; False while it is still creating
+    the store (``status`` refuses a file that is not a store yet, in one line)."""
+    result = run_cli(AGENT, "status", "--db", str(db), "--json")
+    if result.returncode != 0:
+        assert "not an agent store yet" in result.stderr or "no agent store" in result.stderr, (
+            result.stderr
+        )
+        return False
+    return bool(json.loads(result.stdout)["connected"])
+
+
 def hub_json(target: str, *args: str) -> Any:
     result = run_cli(HUB, *args, "--hub", target, "--insecure", "--json", check=True)
     return json.loads(result.stdout)
@@ -463,7 +475,7 @@ def test_status_pending_reaches_zero_while_the_daemon_runs(
 ) -> None:
     db = tmp_path / "WH-LAX.db"
     start_agent("WH-LAX", db)
-    wait_until(lambda: db.exists() and agent_status(db)["connected"], 30, "the agent to connect")
+    wait_until(lambda: agent_connected(db), 30, "the agent to connect")
     with AgentStore(db) as store:
         # More than one batch (max_batch_events is 1000): several acks in a row.
         record_random(store, random.Random("burst"), 1500, "WH-LAX")

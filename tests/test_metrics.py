@@ -94,7 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "STOCKSYNC_HUB_WEBHOOK_BACKOFF_MAX_S": "0.2",
         },
     )
-    agent: AgentChild | None = None
+    stack: Stack | None = None
     try:
         hub.wait_ready(30)
         agent = AgentChild(
@@ -105,11 +105,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             extra=("--metrics", "127.0.0.1:0"),
             env={"STOCKSYNC_AGENT_BACKOFF_MAX_S": "1", "STOCKSYNC_AGENT_PING_INTERVAL_S": "0.3"},
         )
+        stack = Stack(hub, agent, tmp)
         agent.wait_connected(30)
-        yield Stack(hub, agent, tmp)
+        yield stack
     finally:
-        if agent is not None:
-            agent.stop()
+        # Tests replace stack.agent (an agent restarted): stop the one running now.
+        if stack is not None:
+            stack.agent.stop()
         hub.stop()
 
 
