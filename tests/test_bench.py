@@ -371,3 +371,14 @@ def test_a_size_the_scenario_lacks_is_one_line_error() -> None:
     assert proc.returncode == 2
     assert "watchers: not a size of reserve" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_one_value_for_a_list_size_is_a_list_of_one() -> None:
+    from stocksync.tools.benchmarks.cli import PRESETS, _like, _parse_param
+
+    key, value = _parse_param("agents=10")
+    assert (key, value) == ("agents", 10)
+    assert isinstance(PRESETS["ingest"]["full"]["agents"], list | tuple)
+    assert _like(PRESETS["ingest"]["full"]["agents"], value) == [10]
+    assert _like(PRESETS["ingest"]["full"]["agents"], _parse_param("agents=1,10")[1]) == [1, 10]
+    assert _like(PRESETS["reserve"]["full"]["callers"], 5) == 5

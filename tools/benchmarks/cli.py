@@ -190,6 +190,13 @@ def _parse_param(text: str) -> tuple[str, Any]:
     return key.replace("-", "_"), parsed
 
 
+def _like(default: Any, value: Any) -> Any:
+    """A single value given for a size that is a list (``agents=10``) is a list of one."""
+    if isinstance(default, list | tuple) and not isinstance(value, list):
+        return [value]
+    return value
+
+
 @contextlib.contextmanager
 def _sigterm_exits() -> Iterator[None]:
     """SIGTERM becomes SystemExit, so every ``finally`` stops its subprocesses."""
@@ -232,7 +239,7 @@ def _run(
     with _sigterm_exits():
         for name in names:
             preset = dict(PRESETS[name]["quick" if quick else "full"])
-            preset.update({k: v for k, v in overrides.items() if k in preset})
+            preset.update({k: _like(preset[k], v) for k, v in overrides.items() if k in preset})
             _say(f"{name}: {json.dumps(preset)}")
             try:
                 result = run_scenario(name, preset, peer)
