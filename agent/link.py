@@ -644,13 +644,18 @@ class _Bookkeeper:
         self._compaction_stats = stats
 
     async def reserve_sent(self, last: int, ahead: int) -> int:
-        """:meth:`AgentStore.reserve_sent` on the bookkeeping thread. If it
-        cannot be written, the horizon as it stands, or ``last`` when this
-        store never compacts (so a full disk never stops the stream)."""
+        """:meth:`AgentStore.reserve_sent` on the bookkeeping thread, when the
+        store compacts (``max_pending_events`` > 0; otherwise there is nothing
+        to reserve against and nothing is written). If it cannot be written,
+        the horizon as it stands, or ``last`` when the cap could not be read
+        back as set (so a full disk never stops the stream)."""
         store = self._store
         if store is None:
             return 0
         try:
+            if int(await self._call(store.max_pending_events)) <= 0:
+                # Nothing compacts this store: no horizon to keep, no write to wait for.
+                return last + max(0, ahead)
             horizon = int(await self._call(store.reserve_sent, last, ahead))
         except StoreError as e:
             if self._reserve_failing != str(e):

@@ -887,9 +887,19 @@ class AgentStore:
         return int(self._meta("max_pending_events") or 0)
 
     def set_max_pending_events(self, cap: int) -> None:
-        """Keep ``cap`` (see :meth:`max_pending_events`); writes only if it changed."""
-        if cap != self.max_pending_events():
+        """Keep ``cap`` (see :meth:`max_pending_events`); writes only if it changed.
+
+        While the cap is 0 nothing compacts, so the daemon sends without
+        keeping a sent horizon (a process holding the write lock cannot hold
+        up the stream). Turning compaction on therefore first counts every
+        event recorded so far as possibly sent: they are never folded.
+        """
+        previous = self.max_pending_events()
+        if cap != previous:
             with self.write():
+                if previous <= 0 < cap:
+                    horizon = max(self.sent_horizon(), self.high_seq())
+                    self._set_meta("sent_through", str(horizon))
                 self._set_meta("max_pending_events", str(int(cap)))
 
     def sent_horizon(self) -> int:

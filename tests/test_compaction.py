@@ -267,6 +267,21 @@ def test_rows_that_may_be_in_flight_are_never_touched(store: AgentStore) -> None
     assert store.compact() is None, "nothing past the new horizon to fold"
 
 
+def test_turning_compaction_on_never_folds_what_was_recorded_before(store: AgentStore) -> None:
+    # With the cap at 0 the daemon keeps no sent horizon: any of these may be in flight.
+    store.record_many([NewEvent(s, Kind.RECEIVE, 1) for s in "AB" * 50])
+    assert store.sent_horizon() == 0
+    store.set_max_pending_events(1000)
+    assert store.sent_horizon() == 100
+    store.record_many([NewEvent(s, Kind.RECEIVE, 1) for s in "AB" * 50])
+    before = store.events(1, 100)
+    result = store.compact()
+    assert result is not None and result.first_seq == 101
+    assert store.events(1, 100) == before
+    store.set_max_pending_events(2000)  # a cap changed, not turned on: the horizon stays
+    assert store.sent_horizon() == 100
+
+
 def test_a_count_as_of_a_seq_inside_a_fold_is_refused(store: AgentStore) -> None:
     store.record_many([NewEvent("A", Kind.RECEIVE, 1), NewEvent("B", Kind.RECEIVE, 1)] * 5)
     store.compact()
