@@ -48,7 +48,7 @@ from stocksync.config import AgentConfig, load
 from stocksync.events import EventRow, Kind, NewEvent
 from stocksync.hub.sqlite_schema import MIGRATIONS
 from stocksync.hub.sqlite_store import UPSERT_STOCK, apply_rows, insert_event_sql
-from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s, rss_kb
+from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s, ram_gib, rss_kb
 from stocksync.tools.procs import AgentChild, Child, ChildDied, HubChild
 
 __all__ = ["bench", "run_bench", "scenario"]
@@ -233,14 +233,9 @@ def _mb(kb: int) -> float:
 
 
 def _machine() -> dict[str, Any]:
-    mem_kb = 0
-    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                mem_kb = int(line.split()[1])
     return {
         "cpus": os.cpu_count(),
-        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "memory_gib": ram_gib(),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
         "platform": platform.platform(),

@@ -161,16 +161,21 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def machine() -> dict[str, Any]:
-    """nproc, RAM, CPU model, kernel and the load average now."""
+def ram_gib() -> float:
+    """The machine's RAM (``MemTotal``) in GiB, to 0.1; 0 where unknown."""
     mem_kb = 0
     with contextlib.suppress(OSError), open("/proc/meminfo") as f:
         for line in f:
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
+    return round(mem_kb / 1024 / 1024, 1)
+
+
+def machine() -> dict[str, Any]:
+    """nproc, RAM, CPU model, kernel and the load average now."""
     return {
         "nproc": os.cpu_count(),
-        "ram_gib": round(mem_kb / 1024 / 1024, 1),
+        "ram_gib": ram_gib(),
         "cpu_model": _cpu_model(),
         "kernel": platform.release(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
