@@ -215,22 +215,25 @@ def test_a_held_write_lock_does_not_freeze_the_stream(tmp_path: Path) -> None:
     assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
     agent = AgentProcess("WH-LAX", db, hub.target, tmp_path / "agent.log").start()
     try:
-        # Every buffered event reaches the hub while the lock is still held.
-        wait_until(lambda: hub_watermark(hub.db, "WH-LAX") == 20_000, 120, "all events")
-        assert holder.poll() is None, "the lock holder is still running"
-        assert agent.proc is not None and agent.proc.poll() is None
+        try:
+            # Every buffered event reaches the hub while the lock is still held.
+            wait_until(lambda: hub_watermark(hub.db, "WH-LAX") == 20_000, 120, "all events")
+            assert holder.poll() is None, "the lock holder is still running"
+            assert agent.proc is not None and agent.proc.poll() is None
+        finally:
+            assert holder.stdin is not None
+            holder.stdin.write("\n")
+            holder.stdin.close()
+            holder.wait(10)
+        # Once the lock is free, the daemon's bookkeeping catches up.
+        wait_until(
+            lambda: status_of(db)["hub_watermark"] == 20_000, 60, "the acked watermark to be saved"
+        )
+        assert agent.stop() == 0
+        assert "Traceback" not in (tmp_path / "agent.log").read_text()
     finally:
-        assert holder.stdin is not None
-        holder.stdin.write("\n")
-        holder.stdin.close()
-        holder.wait(10)
-    # Once the lock is free, the daemon's bookkeeping catches up.
-    wait_until(
-        lambda: status_of(db)["hub_watermark"] == 20_000, 60, "the acked watermark to be saved"
-    )
-    assert agent.stop() == 0
-    assert "Traceback" not in (tmp_path / "agent.log").read_text()
-    hub.kill()
+        agent.kill()  # whatever failed above: no daemon outlives the test
+        hub.kill()
 
 
 def status_of(db: Path) -> dict[str, Any]:
