@@ -73,8 +73,17 @@ class Recorded:
 class Producer:
     """tests/producer.py in a subprocess, restartable; all runs share one log."""
 
-    def __init__(self, db: Path, log: Path, seed: int) -> None:
+    def __init__(
+        self,
+        db: Path,
+        log: Path,
+        seed: int,
+        pause_ms: float = 3.0,
+        synchronous: str = "FULL",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.db, self.log, self.seed = db, log, seed
+        self.pause_ms, self.synchronous, self.env = pause_ms, synchronous, env
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
 
@@ -88,9 +97,14 @@ class Producer:
                     str(self.db),
                     str(self.log),
                     "--seed",
-                    str(self.seed * 100 + self.runs),
+                    str(self.seed * 1000 + self.runs),
+                    "--pause-ms",
+                    str(self.pause_ms),
+                    "--synchronous",
+                    self.synchronous,
                 ],
                 stderr=err,
+                env={**os.environ, **(self.env or {})},
             )
         return self
 
@@ -109,10 +123,6 @@ class Producer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(60)
-
-    def error_output(self) -> str:
-        errs = sorted(self.log.parent.glob(f"{self.log.stem}.*.err"))
-        return "".join(p.read_text(errors="replace") for p in errs)
 
 
 def read_recorded(log: Path) -> list[Recorded]:

@@ -6,10 +6,8 @@ import contextlib
 import json
 import os
 import platform
-import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -22,6 +20,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from test_crash import (  # noqa: E402
+    Producer,
     Recorded,
     agent_acked_seq,
     agent_high_seq,
@@ -46,7 +45,6 @@ __all__ = [
     "wait_for",
 ]
 
-PRODUCER = TESTS / "producer.py"
 FAST_AGENT = {
     "STOCKSYNC_AGENT_BACKOFF_INITIAL_S": "0.05",
     "STOCKSYNC_AGENT_BACKOFF_MAX_S": "0.5",
@@ -148,59 +146,6 @@ def hub_watermark(db: Path, warehouse: str) -> int:
         except sqlite3.OperationalError:
             return 0
     return int(row[0]) if row else 0
-
-
-class Producer:
-    """tests/producer.py in a subprocess, restartable; all runs share one log."""
-
-    def __init__(
-        self,
-        db: Path,
-        log: Path,
-        seed: int,
-        pause_ms: float = 3.0,
-        synchronous: str = "FULL",
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.db, self.log, self.seed = db, log, seed
-        self.pause_ms, self.synchronous, self.env = pause_ms, synchronous, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.runs = 0
-
-    def start(self) -> Producer:
-        self.runs += 1
-        with self.log.with_suffix(f".{self.runs}.err").open("wb") as err:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(PRODUCER),
-                    str(self.db),
-                    str(self.log),
-                    "--seed",
-                    str(self.seed * 1000 + self.runs),
-                    "--pause-ms",
-                    str(self.pause_ms),
-                    "--synchronous",
-                    self.synchronous,
-                ],
-                stderr=err,
-                env={**os.environ, **(self.env or {})},
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(60)
 
 
 def new_store(db: Path) -> str:
