@@ -33,6 +33,7 @@ from .common import (
     Campaign,
     HubChild,
     Producer,
+    agent_acked_seq,
     hub_watermark,
     new_store,
     read_recorded,
@@ -112,6 +113,9 @@ def _round(workdir: Path, shim: Path, level: str, rng: random.Random, seed: int)
             agent_db, workdir / "recorded.log", seed, pause_ms=2, synchronous=level, env=env
         ).start()
         wait_for(lambda: hub_watermark(hub_db, WAREHOUSE) > 0, 60, "first events at the hub")
+        # The cut comes after the agent has saved an acknowledgement, so every
+        # round has one to check (a one-round CI run could otherwise cut first).
+        wait_for(lambda: agent_acked_seq(agent_db) > 0, 60, "an acknowledgement saved")
         time.sleep(rng.uniform(0.5, 2.0))
     finally:
         # The power cut: everything at once.
