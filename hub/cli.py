@@ -149,6 +149,140 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
 
 
 @main.command()
+@click.option(
+    "--hub",
+    "target",
+    envvar="STOCKSYNC_HUB_ADDRESS",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="The hub's HOST:PORT (env STOCKSYNC_HUB_ADDRESS).",
+)
+@click.option(
+    "--listen", default="127.0.0.1:50061", show_default=True, help="HOST:PORT to serve viewers."
+)
+@click.option("--insecure", is_flag=True, help="Plaintext, to the hub and to viewers.")
+@click.option(
+    "--tls",
+    "tls_dir",
+    metavar="DIR",
+    default=None,
+    help="The edge's server certificate: cert.pem, key.pem, ca.pem (viewers use tokens).",
+)
+@click.option(
+    "--hub-tls",
+    "hub_tls_dir",
+    metavar="DIR",
+    default=None,
+    help="The edge's client certificate for the hub, with the rooms:watch scope "
+    "(stocksync-hub certs issue-client --scope rooms:watch).",
+)
+@click.option("--tokens-file", default=None, help="TOML of the viewers' accepted tokens.")
+@click.option(
+    "--max-watchers-per-identity",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Watches one token may hold open at once.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Once serving, write {pid, port} as JSON here.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="Log lines as text or one JSON object each.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def edge(
+    target: str,
+    listen: str,
+    insecure: bool,
+    tls_dir: str | None,
+    hub_tls_dir: str | None,
+    tokens_file: str | None,
+    max_watchers_per_identity: int,
+    ready_file: str | None,
+    log_format: str,
+    verbose: bool,
+) -> None:
+    """Serve the hub's live rooms to viewers from this process (a room edge).
+
+    For each room its viewers follow, the edge keeps one Watch stream to the
+    hub and serves Watch to any number of viewers with the hub's messages
+    and positions, so the hub's own cores stay with warehouses and shops.
+    Run as many edges as the viewers need. The hub going away does not end
+    a viewer's stream; the edge resumes by itself.
+
+    TLS by default: --tls DIR serves viewers (bearer tokens with a
+    rooms:watch scope, --tokens-file), --hub-tls DIR reaches the hub with a
+    client certificate; plaintext both ways only with --insecure.
+
+    Example:
+
+        stocksync-hub edge --hub 127.0.0.1:50051 --listen 0.0.0.0:50061 --insecure
+    """
+    from stocksync.auth import TokenFile
+    from stocksync.config import ConfigError, check_listen
+    from stocksync.hub.access import Limits
+    from stocksync.hub.edge import Edge
+    from stocksync.tls import CertificateReloader, TlsFiles
+
+    setup_logging(verbose, log_format)
+    try:
+        check_listen("listen", listen)
+        check_listen("hub", target)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    limits = Limits(max_watchers_per_identity=max_watchers_per_identity)
+    if insecure:
+        if tls_dir or hub_tls_dir or tokens_file:
+            raise click.UsageError("--insecure is plaintext: give it no --tls, --hub-tls or tokens")
+        edge_ = Edge(target, listen, limits=limits)
+    else:
+        if not (tls_dir and hub_tls_dir and tokens_file):
+            raise click.UsageError(
+                "an edge needs --tls DIR (its server certificate), --hub-tls DIR (its client "
+                "certificate for the hub) and --tokens-file (the viewers' tokens), or --insecure"
+            )
+        try:
+            serving = CertificateReloader(TlsFiles.from_dir(tls_dir), require_client_auth=False)
+            upstream = TlsFiles.from_dir(hub_tls_dir).channel_credentials()
+            tokens = TokenFile(tokens_file)
+        except (TlsError, TokenFileError) as e:
+            raise click.ClickException(str(e)) from None
+        edge_ = Edge(
+            target,
+            listen,
+            upstream=upstream,
+            serving=serving.credentials(),
+            tokens=tokens,
+            limits=limits,
+        )
+
+    async def main_(stop: asyncio.Event) -> None:
+        systemd = Notifier()
+        try:
+            await edge_.start()
+        except RuntimeError as e:
+            await edge_.stop()
+            raise click.ClickException(str(e)) from None
+        systemd.ready(f"serving on port {edge_.port}")
+        click.echo(f"stocksync room edge for {target} serving on port {edge_.port}", err=True)
+        if ready_file:
+            write_ready_file(ready_file, port=edge_.port, listen=listen)
+        await stop.wait()
+        await systemd.stopping()
+        await edge_.stop()
+
+    tune_gc()
+    run_until_signal(main_)
+
+
+@main.command()
 @click.argument("skus", metavar="SKU...", nargs=-1, required=True)
 @click.option("--room", default="", help="Sellable as this room sees it (its quota included).")
 @client_options

@@ -391,6 +391,13 @@ class _Room:
     offset: int = 0
     shown: dict[str, SkuDisplay] = field(default_factory=dict)
     watchers: set[Subscription] = field(default_factory=set)
+    last_update: float = float("-inf")
+    """When the room last published an update (``RoomHub.clock``)."""
+    dirty: set[str] = field(default_factory=set)
+    """SKUs changed since, waiting for the next update (``min_interval_s``)."""
+    dirty_origin: float = 0.0
+    flush: Any = None
+    """The scheduled update of the dirty SKUs, if any."""
 
     @property
     def live(self) -> bool:
@@ -412,6 +419,11 @@ class RoomHub:
         history: messages kept per room for resuming watchers.
         clock: ``time.monotonic`` (the clock ``stock_changed``'s origin is on).
         max_featured: most SKUs a room may feature (``max_featured_skus``).
+        min_interval_s: a room publishes at most one update this often
+            (``room_update_interval_ms``): the first change after a quiet
+            spell goes out at once, what follows within the interval merges
+            into one update at its end. 0: every change at once. Needs a
+            running event loop when above 0.
 
     Attributes:
         epoch: random per RoomHub: positions from another hub start are
@@ -431,10 +443,12 @@ class RoomHub:
         history: int = DEFAULT_HISTORY,
         clock: Callable[[], float] = time.monotonic,
         max_featured: int = MAX_FEATURED,
+        min_interval_s: float = 0.0,
     ) -> None:
         if history < 1:
             raise ValueError("history must be at least 1")
         self.max_featured = max_featured
+        self.min_interval_s = min_interval_s
         self.source = source
         self.store = store
         self.history = history
@@ -560,10 +574,32 @@ class RoomHub:
                 (room, [s for s in room.record.featured if s in which])
                 for room, which in hit.items()
             ]
+        now = self.clock()
         for room, featured in targets:
-            changed = self._render(room, featured)
-            if changed:
-                self._publish(room, Update(self._advance(room), tuple(changed), origin))
+            if now - room.last_update < self.min_interval_s:
+                # Too soon after the last update: merge into the next one.
+                if not room.dirty:
+                    room.dirty_origin = origin
+                room.dirty.update(featured)
+                if room.flush is None:
+                    room.flush = asyncio.get_running_loop().call_later(
+                        room.last_update + self.min_interval_s - now, self._flush, room
+                    )
+                continue
+            self._update(room, featured, origin, now)
+
+    def _flush(self, room: _Room) -> None:
+        room.flush = None
+        if room.live and room.dirty:
+            dirty, room.dirty = room.dirty, set()
+            featured = [s for s in room.record.featured if s in dirty]
+            self._update(room, featured, room.dirty_origin, self.clock())
+
+    def _update(self, room: _Room, featured: Sequence[str], origin: float, now: float) -> None:
+        changed = self._render(room, featured)
+        if changed:
+            room.last_update = now
+            self._publish(room, Update(self._advance(room), tuple(changed), origin))
 
     # -- watching ------------------------------------------------------------
 

@@ -25,6 +25,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "HubConfig",
+    "check_listen",
     "check_local_address",
     "env_name",
     "load",
@@ -44,7 +45,12 @@ def _check_range(name: str, value: float, low: float, high: float) -> None:
         raise ConfigError(f"{name}: must be between {low:g} and {high:g}, got {value:g}")
 
 
-def _check_listen(name: str, value: str) -> None:
+def check_listen(name: str, value: str) -> None:
+    """Accept ``HOST:PORT``.
+
+    Raises:
+        ConfigError: naming ``name``.
+    """
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise ConfigError(f"{name}: expected HOST:PORT, got {value!r}")
@@ -223,7 +229,7 @@ class AgentConfig:
             validate_warehouse(self.warehouse)
         except InvalidEvent as e:
             raise ConfigError(f"warehouse: {e}") from None
-        _check_listen("hub", self.hub)
+        check_listen("hub", self.hub)
         _check_synchronous(self.synchronous)
         # 5,000 events of the largest form stay well under MAX_MESSAGE_BYTES.
         _check_range("max_batch_events", self.max_batch_events, 1, 5000)
@@ -244,7 +250,7 @@ class AgentConfig:
             except ValueError as e:
                 raise ConfigError(f"local_api: {e}") from None
         if self.metrics:
-            _check_listen("metrics", self.metrics)
+            check_listen("metrics", self.metrics)
         _check_range("stall_after_s", self.stall_after_s, 1, 86_400)
         _check_log_format(self.log_format)
         _check_tls(self)
@@ -312,6 +318,12 @@ class HubConfig:
     )
     max_reservation_lines: int = _knob(50, "Most lines (SKUs) in one reservation.")
     max_featured_skus: int = _knob(200, "Most SKUs a room features at once.")
+    room_update_interval_ms: float = _knob(
+        50.0,
+        "A room publishes at most one update this often: the first change after a quiet "
+        "spell goes out at once, later ones within the interval merge into one. 0: every "
+        "applied batch that changes what a room shows is an update of its own.",
+    )
     max_query_skus: int = _knob(1000, "Most SKUs one stock query may name.")
     max_streams_per_identity: int = _knob(
         4,
@@ -361,9 +373,9 @@ class HubConfig:
         Raises:
             ConfigError: naming the first bad field.
         """
-        _check_listen("listen", self.listen)
+        check_listen("listen", self.listen)
         if self.http:
-            _check_listen("http", self.http)
+            check_listen("http", self.http)
         _check_synchronous(self.synchronous)
         _check_range("max_batch_events", self.max_batch_events, 1, 50_000)
         _check_range("hello_timeout_s", self.hello_timeout_s, 0.1, 3600)
@@ -377,6 +389,7 @@ class HubConfig:
         _check_range("max_message_bytes", self.max_message_bytes, 64 * 1024, 64 * 1024 * 1024)
         _check_range("max_reservation_lines", self.max_reservation_lines, 1, 1000)
         _check_range("max_featured_skus", self.max_featured_skus, 1, 10_000)
+        _check_range("room_update_interval_ms", self.room_update_interval_ms, 0, 10_000)
         _check_range("max_query_skus", self.max_query_skus, 1, 100_000)
         _check_range("max_streams_per_identity", self.max_streams_per_identity, 1, 1000)
         _check_range("max_watchers_per_identity", self.max_watchers_per_identity, 1, 1_000_000)
@@ -402,7 +415,7 @@ class HubConfig:
 
     def _check_callers(self) -> None:
         if self.token_listen:
-            _check_listen("token_listen", self.token_listen)
+            check_listen("token_listen", self.token_listen)
             if self.insecure:
                 raise ConfigError(
                     "token_listen: needs TLS (bearer tokens are never sent in the clear)"

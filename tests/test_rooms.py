@@ -426,3 +426,37 @@ def test_event_dict_is_the_json_shape() -> None:
         "position": "e:4",
         "skus": [{"sku": "A", "state": "in_stock", "label": "In stock", "stale_warehouses": []}],
     }
+
+
+def test_a_room_publishes_at_most_one_update_per_interval() -> None:
+    async def go() -> None:
+        now = [100.0]
+        stock = Stock()
+        stock.rooms = RoomHub(stock.source, stock.store, clock=lambda: now[0], min_interval_s=0.05)
+        stock.rooms.set_featured("r", ["A", "B", "C"])
+        stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
+        watcher = stock.rooms.subscribe("r")
+        drain(watcher)
+        stock.add("A", 5)  # after a quiet spell: at once
+        [first] = drain(watcher)
+        assert isinstance(first, Update) and [s.sellable for s in first.skus] == [5]
+        for sku, qty in (("A", 1), ("B", 2), ("A", 1), ("C", 0)):
+            now[0] += 0.01  # within the interval: held back, merged
+            stock.add(sku, qty)
+        assert drain(watcher) == []
+        await asyncio.sleep(0.2)  # the interval's end
+        [merged] = drain(watcher)
+        assert isinstance(merged, Update)
+        assert [(s.sku, s.sellable) for s in merged.skus] == [("A", 7), ("B", 2)]
+        assert merged.position.offset == first.position.offset + 1
+        # A snapshot (the host changes the featured set) never waits.
+        now[0] += 0.01
+        stock.add("B", 1)
+        stock.rooms.set_featured("r", ["B"])
+        [snap] = drain(watcher)
+        assert isinstance(snap, Snapshot) and [s.sellable for s in snap.skus] == [3]
+        await asyncio.sleep(0.2)
+        assert drain(watcher) == []  # B's change was in the snapshot: nothing more
+        stock.rooms.end_room("r")
+
+    asyncio.run(go())

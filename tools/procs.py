@@ -27,6 +27,7 @@ __all__ = [
     "AgentChild",
     "Child",
     "ChildDied",
+    "EdgeChild",
     "HubChild",
     "agent_status",
     "command",
@@ -153,7 +154,39 @@ def health_serving(target: str, timeout: float = 1.0) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class HubChild(Child):
+class _Serving(Child):
+    """A child that writes a ready file with its port once it serves gRPC health."""
+
+    ready_file: Path
+    port: int = 0
+    http_port: int = 0
+
+    def ready(self) -> dict[str, Any] | None:
+        """The ready file's contents once the child serves and answers health, else None."""
+        self.check_alive()
+        try:
+            info: dict[str, Any] = json.loads(self.ready_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if info.get("pid") != self.pid:
+            return None  # a previous run's file
+        port = int(info["port"])
+        return info if health_serving(f"127.0.0.1:{port}") else None
+
+    def wait_ready(self, timeout: float = 60.0) -> int:
+        """Wait until the child serves; returns its port."""
+        info = wait_for(self.ready, timeout, f"the {self.name} to serve", poll=0.02)
+        self.port = int(info["port"])
+        self.http_port = int(info.get("http_port") or 0)
+        return self.port
+
+    @property
+    def target(self) -> str:
+        """HOST:PORT to reach it."""
+        return f"127.0.0.1:{self.port}"
+
+
+class HubChild(_Serving):
     """``stocksync-hub serve`` (plaintext) on ``listen``; :meth:`wait_ready` gives its port.
 
     Args:
@@ -196,29 +229,25 @@ class HubChild(Child):
             env,
         )
 
-    def ready(self) -> dict[str, Any] | None:
-        """The ready file's contents once the hub serves and answers health, else None."""
-        self.check_alive()
-        try:
-            info: dict[str, Any] = json.loads(self.ready_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if info.get("pid") != self.pid:
-            return None  # a previous run's file
-        port = int(info["port"])
-        return info if health_serving(f"127.0.0.1:{port}") else None
 
-    def wait_ready(self, timeout: float = 60.0) -> int:
-        """Wait until the hub serves; returns its port."""
-        info = wait_for(self.ready, timeout, "the hub to serve", poll=0.02)
-        self.port = int(info["port"])
-        self.http_port = int(info.get("http_port") or 0)
-        return self.port
+class EdgeChild(_Serving):
+    """``stocksync-hub edge`` (plaintext) in front of the hub at ``hub``.
 
-    @property
-    def target(self) -> str:
-        """HOST:PORT to reach it."""
-        return f"127.0.0.1:{self.port}"
+    Args:
+        hub: the hub's HOST:PORT.
+        log: its log file; the ready file goes beside it.
+    """
+
+    def __init__(self, hub: str, log: Path, env: Mapping[str, str] | None = None) -> None:
+        self.ready_file = log.with_suffix(".ready.json")
+        self.ready_file.unlink(missing_ok=True)
+        args = ["edge", "--hub", hub, "--listen", "127.0.0.1:0", "--insecure"]
+        super().__init__(
+            "edge",
+            [*command("stocksync-hub"), *args, "--ready-file", str(self.ready_file)],
+            log,
+            env,
+        )
 
 
 class AgentChild(Child):

@@ -44,8 +44,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"singles": 300, "processes": 5, "rows": 20_000},
     },
     "latency": {
-        "full": {"watchers": 500, "rate": 5000, "seconds": 5},
-        "quick": {"watchers": 50, "rate": 1000, "seconds": 2},
+        "full": {"watchers": 500, "rate": 5000, "seconds": 5, "edge": [1, 0]},
+        "quick": {"watchers": 50, "rate": 1000, "seconds": 2, "edge": [1]},
     },
     "wan": {
         "full": {"events": 300_000, "delay_ms": 125, "live_events": 200, "live_rate": 50},
@@ -106,7 +106,14 @@ def _record(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
 def _latency(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
     from stocksync.tools.benchmarks import latency
 
-    return latency.scenario(int(p["watchers"]), float(p["rate"]), float(p["seconds"]), tmp, peer)
+    return latency.scenario(
+        int(p["watchers"]),
+        float(p["rate"]),
+        float(p["seconds"]),
+        tmp,
+        peer,
+        [int(e) for e in p["edge"]],
+    )
 
 
 def _wan(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:

@@ -1,0 +1,400 @@
+"""Room edges (``stocksync-hub edge``): the hub's rooms served by another process.
+
+The "hub" here is the real ``LiveRoomService`` servicer over a RoomHub on a
+real gRPC server on port 0 (as in test_room_service); the edge is a real
+:class:`~stocksync.hub.edge.Edge` on port 0 in front of it; viewers are real
+grpc.aio channels. The TLS test runs a real hub with mutual TLS and the
+edge as the CLI subprocess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from securehub import Pki, cert_creds, hub_thread, token_creds
+from test_room_service import until
+from test_rooms import WH, Stock
+
+from stocksync.grpc_edge import DecodeGuard
+from stocksync.hub.edge import Edge
+from stocksync.hub.room_service import RoomServicer, event_from_proto
+from stocksync.hub.rooms import Position, RoomEvent, Snapshot, SnapshotReason, Update
+from stocksync.tools.procs import command
+from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
+
+ROOM = "room-1"
+
+
+def run(coro: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(coro(), 120))
+
+
+class FakeHubServer:
+    """The hub's room servicer over ``stock`` on a real server; restartable on its port."""
+
+    def __init__(self, stock: Stock) -> None:
+        self.stock = stock
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> FakeHubServer:
+        server = grpc.aio.server(interceptors=[DecodeGuard()])
+        rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(RoomServicer(self.stock.rooms), server)
+        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await server.start()
+        self.server = server
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(0)
+            self.server = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.asynccontextmanager
+async def hub_and_edge(
+    stock: Stock, **edge_args: Any
+) -> AsyncIterator[tuple[FakeHubServer, Edge, rooms_pb2_grpc.LiveRoomServiceStub]]:
+    """A hub server, an edge in front of it, and a stub for the edge."""
+    hub = await FakeHubServer(stock).start()
+    edge = Edge(hub.target, "127.0.0.1:0", **edge_args)
+    await edge.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}")
+    try:
+        yield hub, edge, rooms_pb2_grpc.LiveRoomServiceStub(channel)
+    finally:
+        await channel.close()
+        await edge.stop(0)
+        await hub.stop()
+
+
+class Viewer:
+    """A Watch stream, read by a task into ``events``."""
+
+    def __init__(self, stub: rooms_pb2_grpc.LiveRoomServiceStub, position: str = "") -> None:
+        self.call = stub.Watch(rooms_pb2.WatchRequest(room_id=ROOM, from_position=position))
+        self.events: list[RoomEvent] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.call:
+            self.events.append(event_from_proto(message))
+
+    def values(self) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for e in self.events:
+            if isinstance(e, Snapshot):
+                out = {}
+            out.update({s.sku: s.sellable for s in e.skus})
+        return out
+
+    async def close(self) -> None:
+        self.call.cancel()
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            await self.task
+
+
+def exact_room(stock: Stock, skus: list[str]) -> None:
+    from stocksync.hub.rooms import DisplayMode, DisplayPolicy
+
+    for sku in skus:
+        stock.add(sku, 100)
+    stock.rooms.set_featured(ROOM, skus)
+    stock.rooms.set_policy(ROOM, DisplayPolicy(DisplayMode.EXACT))
+
+
+def test_viewers_at_the_edge_see_what_viewers_at_the_hub_see_through_one_stream() -> None:
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED", "LIP-NUDE"])
+        async with hub_and_edge(stock) as (hub, edge, stub):
+            direct_channel = grpc.aio.insecure_channel(hub.target)
+            direct = Viewer(rooms_pb2_grpc.LiveRoomServiceStub(direct_channel))
+            viewers = [Viewer(stub) for _ in range(20)]
+            await until(lambda: all(v.events for v in [direct, *viewers]), "snapshots")
+            # One stream at the hub for the edge's 20 viewers (and the direct one).
+            assert len(stock.rooms.watchers(ROOM)) == 2
+            assert edge.rooms is not None and edge.rooms.watcher_count() == 20
+            first = viewers[0].events[0]
+            assert isinstance(first, Snapshot) and first.reason is SnapshotReason.INITIAL
+            assert first.position == direct.events[0].position  # the hub's positions
+            for i in range(30):
+                stock.add("LIP-RED" if i % 3 else "LIP-NUDE", -1)
+                await asyncio.sleep(0.002)
+            want = {"LIP-RED": 80, "LIP-NUDE": 90}
+            await until(lambda: all(v.values() == want for v in [direct, *viewers]), "the end")
+            last = stock.rooms.room(ROOM).position
+            assert all(v.events[-1].position == last for v in viewers)
+            for v in [direct, *viewers]:
+                await v.close()
+            await direct_channel.close()
+
+    run(go)
+
+
+def test_a_viewer_resumes_at_the_edge_from_a_position_it_had_at_the_hub() -> None:
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with hub_and_edge(stock) as (_hub, _edge, stub):
+            keeper = Viewer(stub)  # keeps the room mirrored
+            await until(lambda: keeper.events, "a snapshot")
+            stock.add("LIP-RED", -1)
+            mark = stock.rooms.room(ROOM).position
+            for n in range(3):
+                stock.add("LIP-RED", -1)
+                # Taken by the edge one by one (else they merge at the hub,
+                # as for any watcher that has not taken the last one yet).
+                await until(lambda n=n: keeper.values() == {"LIP-RED": 98 - n}, "the change")
+            await until(lambda: keeper.values() == {"LIP-RED": 96}, "the changes at the edge")
+            resumed = Viewer(stub, str(mark))
+            await until(lambda: len(resumed.events) == 3, "the missed messages")
+            assert all(isinstance(e, Update) for e in resumed.events)
+            assert [e.position.offset for e in resumed.events] == [
+                mark.offset + 1,
+                mark.offset + 2,
+                mark.offset + 3,
+            ]
+            # Another hub start's position: a snapshot saying so.
+            other = Viewer(stub, "0123456789abcdef:1")
+            await until(lambda: other.events, "a snapshot")
+            assert isinstance(other.events[0], Snapshot)
+            assert other.events[0].reason is SnapshotReason.NEW_EPOCH
+            # Older than what the edge has seen of the room: a snapshot saying so.
+            old = Viewer(stub, str(Position(mark.epoch, 1)))
+            await until(lambda: old.events, "a snapshot")
+            assert isinstance(old.events[0], Snapshot)
+            assert old.events[0].reason is SnapshotReason.HISTORY_GONE
+            # Ahead of the room: refused, naming the position.
+            ahead = stub.Watch(
+                rooms_pb2.WatchRequest(room_id=ROOM, from_position=f"{mark.epoch}:999")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await ahead.read()
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "ahead of room" in (e.value.details() or "")
+            for v in (keeper, resumed, other, old):
+                await v.close()
+
+    run(go)
+
+
+def test_bad_requests_get_a_status_and_setup_is_the_hubs() -> None:
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with hub_and_edge(stock) as (_, _edge, stub):
+            for room, code, words in (
+                ("no-such-room", grpc.StatusCode.NOT_FOUND, "no live room 'no-such-room'"),
+                ("bad room!", grpc.StatusCode.INVALID_ARGUMENT, "room_id"),
+            ):
+                call = stub.Watch(rooms_pb2.WatchRequest(room_id=room))
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call.read()
+                assert e.value.code() is code, e.value
+                assert words in (e.value.details() or "")
+            call = stub.Watch(rooms_pb2.WatchRequest(room_id=ROOM, from_position="garbage"))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call.read()
+            assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await stub.SetFeatured(rooms_pb2.SetFeaturedRequest(room_id=ROOM, skus=["X"]))
+            assert e.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            assert "call SetFeatured at the hub" in (e.value.details() or "")
+            assert stock.rooms.room(ROOM).featured == ("LIP-RED",)  # nothing changed
+
+    run(go)
+
+
+def test_a_room_that_ends_at_the_hub_ends_at_the_edge() -> None:
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with hub_and_edge(stock) as (_, edge, stub):
+            viewers = [Viewer(stub) for _ in range(3)]
+            await until(lambda: all(v.events for v in viewers), "snapshots")
+            stock.add("LIP-RED", -5)
+            stock.rooms.end_room(ROOM)
+            for v in viewers:
+                await asyncio.wait_for(v.task, 10)  # ended without an error
+                assert v.values() == {"LIP-RED": 95}
+            assert edge.rooms is not None and edge.rooms.mirrored() == []
+            call = stub.Watch(rooms_pb2.WatchRequest(room_id=ROOM))
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call.read()
+            assert e.value.code() is grpc.StatusCode.NOT_FOUND
+
+    run(go)
+
+
+def test_viewers_keep_their_stream_across_a_hub_restart() -> None:
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with hub_and_edge(stock) as (hub, _edge, stub):
+            viewer = Viewer(stub)
+            await until(lambda: viewer.events, "a snapshot")
+            old_epoch = stock.rooms.epoch
+            await hub.stop()
+            stock.book.add_on_hand(WH, "LIP-RED", -7)  # changed while the hub was away
+            hub.stock = stock = stock.restart()
+            await asyncio.sleep(0.3)
+            await hub.start()  # same port, new epoch
+            await until(
+                lambda: any(
+                    isinstance(e, Snapshot) and e.reason is SnapshotReason.NEW_EPOCH
+                    for e in viewer.events
+                ),
+                "the new epoch's snapshot",
+            )
+            assert not viewer.task.done()  # the same stream
+            assert viewer.events[-1].position.epoch == stock.rooms.epoch != old_epoch
+            assert viewer.values() == {"LIP-RED": 93}
+            stock.add("LIP-RED", -3)
+            await until(lambda: viewer.values() == {"LIP-RED": 90}, "a change after the restart")
+            await viewer.close()
+
+    run(go)
+
+
+def test_a_silent_hub_is_a_clear_unavailable_and_the_stream_closes_after_the_last_viewer() -> None:
+    async def go() -> None:
+        # Nothing listens at the hub's address.
+        edge = Edge("127.0.0.1:9", "127.0.0.1:0")
+        await edge.start()
+        assert edge.rooms is not None
+        edge.rooms.first_message_s = 0.5
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as channel:
+            call = rooms_pb2_grpc.LiveRoomServiceStub(channel).Watch(
+                rooms_pb2.WatchRequest(room_id=ROOM)
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await call.read()
+            assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "the hub did not show room 'room-1'" in (e.value.details() or "")
+        await edge.stop(0)
+
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with hub_and_edge(stock, linger_s=0.2) as (_, edge, stub):
+            viewer = Viewer(stub)
+            await until(lambda: viewer.events, "a snapshot")
+            assert len(stock.rooms.watchers(ROOM)) == 1
+            await viewer.close()
+            await until(lambda: not stock.rooms.watchers(ROOM), "the edge's stream to close")
+            assert edge.rooms is not None and edge.rooms.mirrored() == []
+
+    run(go)
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def edge_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command("stocksync-hub"), "edge", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_the_command_refuses_what_cannot_work_in_one_line(tmp_path: Path) -> None:
+    r = edge_cli("--hub", "nowhere")
+    assert r.returncode == 2 and "hub: expected HOST:PORT" in r.stderr
+    r = edge_cli("--hub", "127.0.0.1:1")
+    assert r.returncode == 2 and "--tls DIR" in r.stderr and "--insecure" in r.stderr
+    r = edge_cli("--insecure", "--tls", str(tmp_path))
+    assert r.returncode == 2 and "plaintext" in r.stderr
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("")
+    (tmp_path / "ca.pem").write_text("")
+    (tmp_path / "tokens.toml").write_text("")
+    r = edge_cli(
+        "--tls", str(tmp_path), "--hub-tls", str(tmp_path), "--tokens-file", str(tmp_path / "t")
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = edge_cli("--insecure", "--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1 and "address already in use" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
+    pki = Pki.make(tmp_path / "pki")
+    admin = pki.client("admin", "admin")
+    edge_client = pki.client("edge-1", "rooms:watch")
+    token_a = pki.token("viewer-a", "rooms:watch:room-a")
+    token_shop = pki.token("shop", "inventory:reserve")
+    with hub_thread(pki, tmp_path / "hub.db") as hub:
+        with grpc.secure_channel(hub.mtls, cert_creds(admin)) as ch:
+            stub = rooms_pb2_grpc.LiveRoomServiceStub(ch)
+            for room in ("room-a", "room-b"):
+                stub.SetFeatured(rooms_pb2.SetFeaturedRequest(room_id=room, skus=["LIP"]))
+        ready = tmp_path / "edge.json"
+        proc = subprocess.Popen(
+            [
+                *command("stocksync-hub"),
+                "edge",
+                "--hub",
+                f"localhost:{hub.mtls.rpartition(':')[2]}",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls",
+                str(pki.root / "hub"),  # a server certificate for localhost
+                "--hub-tls",
+                str(edge_client),
+                "--tokens-file",
+                str(pki.tokens_file),
+                "--ready-file",
+                str(ready),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            from conftest import wait_until
+
+            wait_until(lambda: ready.exists() or proc.poll() is not None, 60, "the edge")
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            target = f"localhost:{json.loads(ready.read_text())['port']}"
+
+            def first(token: str | None, room: str) -> Any:
+                with grpc.secure_channel(target, token_creds(pki, token)) as ch:
+                    call = rooms_pb2_grpc.LiveRoomServiceStub(ch).Watch(
+                        rooms_pb2.WatchRequest(room_id=room), timeout=20
+                    )
+                    try:
+                        return next(iter(call)).WhichOneof("message")
+                    except grpc.RpcError as e:
+                        return e.code()
+
+            assert first(token_a, "room-a") == "snapshot"
+            assert first(token_a, "room-b") is grpc.StatusCode.PERMISSION_DENIED
+            assert first(token_shop, "room-a") is grpc.StatusCode.PERMISSION_DENIED
+            assert first(None, "room-a") is grpc.StatusCode.UNAUTHENTICATED
+            assert first("not-a-token", "room-a") is grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    assert proc.returncode == 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-v"]))
