@@ -160,6 +160,11 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
 @click.option(
     "--listen", default="127.0.0.1:50061", show_default=True, help="HOST:PORT to serve viewers."
 )
+@click.option(
+    "--http",
+    default="",
+    help="HOST:PORT for the rooms' Server-Sent Events and overlay pages (as the hub's).",
+)
 @click.option("--insecure", is_flag=True, help="Plaintext, to the hub and to viewers.")
 @click.option(
     "--tls",
@@ -200,6 +205,7 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
 def edge(
     target: str,
     listen: str,
+    http: str,
     insecure: bool,
     tls_dir: str | None,
     hub_tls_dir: str | None,
@@ -235,13 +241,15 @@ def edge(
     try:
         check_listen("listen", listen)
         check_listen("hub", target)
+        if http:
+            check_listen("http", http)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     limits = Limits(max_watchers_per_identity=max_watchers_per_identity)
     if insecure:
         if tls_dir or hub_tls_dir or tokens_file:
             raise click.UsageError("--insecure is plaintext: give it no --tls, --hub-tls or tokens")
-        edge_ = Edge(target, listen, limits=limits)
+        edge_ = Edge(target, listen, limits=limits, http=http)
     else:
         if not (tls_dir and hub_tls_dir and tokens_file):
             raise click.UsageError(
@@ -261,6 +269,7 @@ def edge(
             serving=serving.credentials(),
             tokens=tokens,
             limits=limits,
+            http=http,
         )
 
     async def main_(stop: asyncio.Event) -> None:
@@ -272,8 +281,12 @@ def edge(
             raise click.ClickException(str(e)) from None
         systemd.ready(f"serving on port {edge_.port}")
         click.echo(f"stocksync room edge for {target} serving on port {edge_.port}", err=True)
+        if edge_.http_port:
+            click.echo(
+                f"stocksync room edge HTTP (events, overlays) on port {edge_.http_port}", err=True
+            )
         if ready_file:
-            write_ready_file(ready_file, port=edge_.port, listen=listen)
+            write_ready_file(ready_file, port=edge_.port, listen=listen, http_port=edge_.http_port)
         await stop.wait()
         await systemd.stopping()
         await edge_.stop()

@@ -41,6 +41,8 @@ from stocksync.errors import InvalidArgument, Status, StocksyncError
 from stocksync.grpc_edge import DecodeGuard, abort, enable_reflection
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.grpc_gate import Gate
+from stocksync.hub.http import HttpServer, make_app
+from stocksync.hub.http_auth import HttpAuth
 from stocksync.hub.rooms import (
     DEFAULT_HISTORY,
     Position,
@@ -407,6 +409,8 @@ class Edge:
         tokens: the viewers' accepted tokens (with ``serving``).
         limits: per-viewer-identity quotas.
         history, linger_s: as :class:`EdgeRooms`.
+        http: ``HOST:PORT`` to serve the rooms' Server-Sent Events and
+            overlay pages on, as the hub's ``--http`` does; empty: none.
     """
 
     def __init__(
@@ -420,9 +424,11 @@ class Edge:
         limits: Limits | None = None,
         history: int = DEFAULT_HISTORY,
         linger_s: float = LINGER_S,
+        http: str = "",
     ) -> None:
         self.hub = hub
         self.listen = listen
+        self.http = http
         self.upstream = upstream
         self.serving = serving
         self.tokens = tokens
@@ -433,7 +439,9 @@ class Edge:
         self.rooms: EdgeRooms | None = None
         self.server: grpc.aio.Server | None = None
         self.channel: grpc.aio.Channel | None = None
+        self.http_server: HttpServer | None = None
         self.port = 0
+        self.http_port = 0
 
     async def start(self) -> int:
         """Bind and serve; returns the port.
@@ -460,6 +468,16 @@ class Edge:
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
         enable_reflection([SERVICE_NAME, health_name], server)
         self.port = _bind(server, self.listen, self.serving)
+        if self.http:
+            host, _, port = self.http.rpartition(":")
+            admission = Admission(self.limits)
+            auth = None if self.serving is None else HttpAuth(self.tokens, admission)
+            http_server = HttpServer(make_app(self.rooms, auth=auth), host.strip("[]"), int(port))
+            try:
+                self.http_port = await http_server.start()
+            except OSError as e:
+                raise RuntimeError(f"cannot serve HTTP on {self.http}: {e.strerror}") from None
+            self.http_server = http_server
         await server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -469,6 +487,9 @@ class Edge:
 
     async def stop(self, grace: float = 2.0) -> None:
         """End every viewer's stream and stop."""
+        if self.http_server is not None:
+            await self.http_server.stop()
+            self.http_server = None
         if self.server is not None:
             await self.health.enter_graceful_shutdown()
             if self.rooms is not None:

@@ -24,10 +24,14 @@ status by one table (:data:`HTTP_STATUS`) from the error's status.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Protocol
 
 from aiohttp import web
 
@@ -37,7 +41,6 @@ from stocksync.hub.http_auth import HTTP_AUTH, HttpAuth, authorize, challenge, o
 from stocksync.hub.rooms import (
     Position,
     RoomEvent,
-    RoomHub,
     Subscription,
     event_dict,
     validate_room_id,
@@ -83,7 +86,20 @@ MAX_REQUEST_LINE = 80 * 1024
 """Longest request line (aiohttp's default is 8 KiB): ``GET /v1/stock`` may
 name 1,000 SKUs of up to 64 characters, as gRPC's GetStock may."""
 
-ROOMS = web.AppKey("rooms", RoomHub)
+
+class Rooms(Protocol):
+    """What the event stream needs of rooms: a hub's :class:`RoomHub`, or a
+    room edge's :class:`~stocksync.hub.edge.EdgeRooms` (whose subscribe waits
+    for the hub)."""
+
+    def subscribe(
+        self, room_id: str, from_position: Position | None = None, /
+    ) -> Subscription | Awaitable[Subscription]:
+        """See :meth:`RoomHub.subscribe`."""
+        ...
+
+
+ROOMS = web.AppKey("rooms", Rooms)
 
 
 @dataclass
@@ -100,12 +116,12 @@ _LIVE = web.AppKey("live", _Live)
 
 
 def make_app(
-    rooms: RoomHub, heartbeat_s: float = HEARTBEAT_S, auth: HttpAuth | None = None
+    rooms: Rooms, heartbeat_s: float = HEARTBEAT_S, auth: HttpAuth | None = None
 ) -> web.Application:
     """The hub's HTTP application.
 
     Args:
-        rooms: the hub's rooms.
+        rooms: the hub's rooms (or a room edge's).
         heartbeat_s: see :data:`HEARTBEAT_S`.
         auth: who may call; None: everyone (a hub serving plaintext).
     """
@@ -183,8 +199,10 @@ def _refusal(error: StocksyncError) -> web.Response:
     )
 
 
+@functools.lru_cache(maxsize=256)
 def sse_frame(event: RoomEvent) -> bytes:
-    """One room message as a Server-Sent Events frame."""
+    """One room message as a Server-Sent Events frame (a message taken as
+    published is one object for every viewer: encoded once)."""
     data = event_dict(event)
     body = json.dumps(data, separators=(",", ":"))
     return f"id: {event.position}\nevent: {data['type']}\ndata: {body}\n\n".encode()
@@ -208,10 +226,11 @@ async def room_events(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream_room(
-    request: web.Request, rooms: RoomHub, room: str, start: Position | None
+    request: web.Request, rooms: Rooms, room: str, start: Position | None
 ) -> web.StreamResponse:
     try:
-        watcher = rooms.subscribe(room, start)
+        subscribed = rooms.subscribe(room, start)
+        watcher = await subscribed if inspect.isawaitable(subscribed) else subscribed
     except StocksyncError as e:
         return _refusal(e)
     response = web.StreamResponse(

@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
-from stocksync.errors import StocksyncError
+from stocksync.errors import Status, StocksyncError
 
 __all__ = [
     "REFLECTION_V1",
@@ -43,6 +43,11 @@ log = logging.getLogger("stocksync.grpc")
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 
 
+_LEVEL = {Status.RESOURCE_EXHAUSTED: logging.DEBUG}
+"""A refusal worth no line at INFO: "sold out" is a shop's everyday answer
+(one line per refused reserve would flood the log on a busy drop)."""
+
+
 def grpc_code(error: StocksyncError) -> grpc.StatusCode:
     """The gRPC status code of a domain error: the one table, by name."""
     return grpc.StatusCode[error.status.name]
@@ -56,7 +61,9 @@ async def abort(context: Any, error: StocksyncError) -> NoReturn:
         error: what went wrong.
     """
     code = grpc_code(error)
-    log.info("%s: %s: %s", _peer(context), code.name, error.detail)
+    level = _LEVEL.get(error.status, logging.INFO)
+    if log.isEnabledFor(level):
+        log.log(level, "%s: %s: %s", _peer(context), code.name, error.detail)
     trailers = error.trailers()
     if trailers:
         context.set_trailing_metadata(trailers)

@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import wait_until
 from securehub import Pki, cert_creds, hub_thread, token_creds
 from test_room_service import until
 from test_rooms import WH, Stock
@@ -369,8 +370,6 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             text=True,
         )
         try:
-            from conftest import wait_until
-
             wait_until(lambda: ready.exists() or proc.poll() is not None, 60, "the edge")
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             target = f"localhost:{json.loads(ready.read_text())['port']}"
@@ -386,6 +385,7 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
                         return e.code()
 
             assert first(token_a, "room-a") == "snapshot"
+            assert first(token_a, "room-a") == "snapshot"  # the room's stream is shared
             assert first(token_a, "room-b") is grpc.StatusCode.PERMISSION_DENIED
             assert first(token_shop, "room-a") is grpc.StatusCode.PERMISSION_DENIED
             assert first(None, "room-a") is grpc.StatusCode.UNAUTHENTICATED
@@ -393,8 +393,86 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             proc.wait(30)
-    assert proc.returncode == 0
+        assert proc.returncode == 0
+        # An edge whose certificate may not watch rooms: its viewers are told
+        # why, and the edge says it once.
+        shop = pki.client("shop", "inventory:reserve")
+        misconfigured = subprocess.Popen(
+            [
+                *command("stocksync-hub"),
+                "edge",
+                "--hub",
+                f"localhost:{hub.mtls.rpartition(':')[2]}",
+                "--listen",
+                "127.0.0.1:0",
+                "--tls",
+                str(pki.root / "hub"),
+                "--hub-tls",
+                str(shop),
+                "--tokens-file",
+                str(pki.tokens_file),
+                "--ready-file",
+                str(ready),
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            ready.unlink()
+            wait_until(lambda: ready.exists(), 60, "the second edge")
+            target = f"localhost:{json.loads(ready.read_text())['port']}"
+            with grpc.secure_channel(target, token_creds(pki, token_a)) as ch:
+                call = rooms_pb2_grpc.LiveRoomServiceStub(ch).Watch(
+                    rooms_pb2.WatchRequest(room_id="room-a"), timeout=20
+                )
+                with pytest.raises(grpc.RpcError) as e:
+                    next(iter(call))
+            assert e.value.code() is grpc.StatusCode.UNAVAILABLE
+            assert "the hub refused this edge room 'room-a': PERMISSION_DENIED" in (
+                e.value.details() or ""
+            )
+        finally:
+            misconfigured.terminate()
+            _, err = misconfigured.communicate(timeout=30)
+        assert "the hub refuses room room-a to this edge: PERMISSION_DENIED" in err, err
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-v"]))
+
+
+def test_an_edge_serves_the_rooms_server_sent_events_and_overlay() -> None:
+    import aiohttp
+
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with (
+            hub_and_edge(stock, http="127.0.0.1:0") as (_, edge, _stub),
+            aiohttp.ClientSession() as session,
+        ):
+            base = f"http://127.0.0.1:{edge.http_port}"
+            async with session.get(f"{base}/rooms/{ROOM}/events") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "text/event-stream"
+                frames: list[str] = []
+                buffer = ""
+                async for chunk in response.content.iter_any():
+                    buffer += chunk.decode()
+                    *done, buffer = buffer.split("\n\n")
+                    frames += [f for f in done if f.startswith("id:")]
+                    if len(frames) == 1:
+                        stock.add("LIP-RED", -4)
+                    if len(frames) == 2:
+                        break
+            snapshot, update = (json.loads(f.split("data: ", 1)[1]) for f in frames)
+            assert snapshot["type"] == "snapshot" and snapshot["skus"][0]["sellable"] == 100
+            assert update["type"] == "update" and update["skus"][0]["sellable"] == 96
+            assert update["position"] == str(stock.rooms.room(ROOM).position)
+            async with session.get(f"{base}/rooms/no-such-room/events") as response:
+                assert response.status == 404
+                assert "no live room" in (await response.json())["error"]
+            async with session.get(f"{base}/rooms/{ROOM}/overlay") as response:
+                assert response.status == 200 and "text/html" in response.headers["Content-Type"]
+
+    run(go)

@@ -231,7 +231,7 @@ class HubChild(_Serving):
 
 
 class EdgeChild(_Serving):
-    """``stocksync-hub edge`` (plaintext) in front of the hub at ``hub``.
+    """``stocksync-hub edge`` (plaintext, gRPC and HTTP) in front of the hub at ``hub``.
 
     Args:
         hub: the hub's HOST:PORT.
@@ -241,7 +241,8 @@ class EdgeChild(_Serving):
     def __init__(self, hub: str, log: Path, env: Mapping[str, str] | None = None) -> None:
         self.ready_file = log.with_suffix(".ready.json")
         self.ready_file.unlink(missing_ok=True)
-        args = ["edge", "--hub", hub, "--listen", "127.0.0.1:0", "--insecure"]
+        args = ["edge", "--hub", hub, "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+        args.append("--insecure")
         super().__init__(
             "edge",
             [*command("stocksync-hub"), *args, "--ready-file", str(self.ready_file)],

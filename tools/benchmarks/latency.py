@@ -182,6 +182,42 @@ async def _grpc_watchers(target: str, watchers: int, seen: list[list[tuple[int, 
     return close
 
 
+async def _sse_watchers(base: str, watchers: int, seen: list[list[tuple[int, float]]]) -> Any:
+    """Server-Sent Events streams, one TCP connection each (HTTP/1.1), as browsers."""
+    import aiohttp
+
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+    snapshots = [asyncio.Event() for _ in range(watchers)]
+    marker = f'"sku":"{SKU}"'.encode()
+
+    async def watch(i: int) -> None:
+        async with session.get(f"{base}/rooms/{ROOM}/events") as response:
+            pending = b""
+            async for chunk in response.content.iter_any():
+                now = time.monotonic()
+                pending += chunk
+                *frames, pending = pending.split(b"\n\n")
+                for frame in frames:
+                    if marker not in frame:
+                        continue
+                    data = frame[frame.index(b"data: ") + 6 :]
+                    for entry in json.loads(data)["skus"]:
+                        if entry["sku"] == SKU and "sellable" in entry:
+                            seen[i].append((entry["sellable"], now))
+                    snapshots[i].set()
+
+    tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
+    await asyncio.gather(*(e.wait() for e in snapshots))
+
+    async def close() -> None:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.close()
+
+    return close
+
+
 async def _nats_watchers(subject: str, watchers: int, seen: list[list[tuple[int, float]]]) -> Any:
     import nats
 
@@ -216,7 +252,7 @@ async def _watchers_child(mode: str, target: str, watchers: int) -> None:
     """Open the watchers; print ``ready``; read {final, recorded} as JSON from stdin;
     once every watcher has the final value (or 60 s passed), print the summary."""
     seen: list[list[tuple[int, float]]] = [[] for _ in range(watchers)]
-    opener = _grpc_watchers if mode == "grpc" else _nats_watchers
+    opener = {"grpc": _grpc_watchers, "sse": _sse_watchers, "nats": _nats_watchers}[mode]
     close = await opener(target, watchers, seen)
     print("ready", flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
