@@ -40,6 +40,7 @@ from stocksync.auth import TokenFile
 from stocksync.errors import InvalidArgument, Status, StocksyncError
 from stocksync.grpc_edge import DecodeGuard, abort, enable_reflection
 from stocksync.hub.access import Admission, Limits
+from stocksync.hub.edge_metrics import EdgeMetrics
 from stocksync.hub.grpc_gate import Gate
 from stocksync.hub.http import HttpServer, make_app
 from stocksync.hub.http_auth import HttpAuth
@@ -55,6 +56,7 @@ from stocksync.hub.rooms import (
     Update,
     validate_room_id,
 )
+from stocksync.metrics import metrics_handler
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 
 __all__ = ["LINGER_S", "Edge", "EdgeRooms", "EdgeServicer", "UpstreamError"]
@@ -108,6 +110,8 @@ class _Mirror:
     """Why the room cannot be followed (it ended, or the hub refuses)."""
     task: asyncio.Task[None] | None = None
     linger: asyncio.TimerHandle | None = None
+    connected: bool = False
+    """The stream to the hub is up (its last attempt received a message)."""
 
 
 class EdgeRooms:
@@ -139,6 +143,8 @@ class EdgeRooms:
         self.retry_max_s = retry_max_s
         self.clock: Callable[[], float] = time.monotonic
         self.published = self.delivered = self.coalesced = 0
+        self.reconnects = 0
+        """Room streams to the hub lost and tried again."""
         self.observe_delivery: Callable[[float], None] | None = None
         self._mirrors: dict[str, _Mirror] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,6 +156,10 @@ class EdgeRooms:
     def mirrored(self) -> list[str]:
         """The rooms followed at the hub now."""
         return sorted(self._mirrors)
+
+    def disconnected(self) -> int:
+        """Rooms followed whose stream to the hub is down now."""
+        return sum(1 for m in self._mirrors.values() if not m.connected)
 
     async def subscribe(self, room_id: str, start: Position | None = None) -> Subscription:
         """Watch a room, as :meth:`RoomHub.subscribe` does at the hub.
@@ -252,11 +262,14 @@ class EdgeRooms:
         call = self.stub.Watch(request)
         try:
             async for message in call:
+                mirror.connected = True
                 self._publish(mirror, event_from_proto(message))
         finally:
             call.cancel()
 
     def _lost(self, mirror: _Mirror, state: tenacity.RetryCallState) -> None:
+        mirror.connected = False
+        self.reconnects += 1
         error = state.outcome.exception() if state.outcome is not None else None
         detail = error.details() if isinstance(error, grpc.aio.AioRpcError) else str(error)
         if state.attempt_number == 1:
@@ -472,7 +485,10 @@ class Edge:
             host, _, port = self.http.rpartition(":")
             admission = Admission(self.limits)
             auth = None if self.serving is None else HttpAuth(self.tokens, admission)
-            http_server = HttpServer(make_app(self.rooms, auth=auth), host.strip("[]"), int(port))
+            app = make_app(self.rooms, auth=auth)
+            # Unauthenticated, like any exporter: counts only.
+            app.router.add_get("/metrics", metrics_handler(EdgeMetrics(self.rooms).registry))
+            http_server = HttpServer(app, host.strip("[]"), int(port))
             try:
                 self.http_port = await http_server.start()
             except OSError as e:

@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -412,7 +413,26 @@ def test_unit_is_notify_with_watchdog_credentials_and_hardening(unit: str) -> No
         assert re.search(r"--metrics \S+:\d+", exec_start)
 
 
-@pytest.mark.parametrize("unit", ["stocksync-agent.service", "stocksync-hub.service"])
+def test_the_edge_unit_is_notify_with_watchdog_and_hardening() -> None:
+    s = unit_settings("stocksync-edge.service")
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert s["WatchdogSec"] and s["WatchdogSec"][0].endswith("s")
+    (exec_start,) = s["ExecStart"]
+    for flag in ("edge --hub", "--tls /etc/", "--hub-tls /etc/", "--tokens-file /etc/"):
+        assert flag in exec_start
+    assert "--insecure" not in exec_start
+    for key in HARDENING:
+        assert key in s, f"stocksync-edge.service lost {key}="
+    # Its flags parse: it gets as far as the missing certificate files.
+    argv = shlex.split(exec_start.replace("/opt/stocksync/bin/", f"{BIN}/"))
+    result = run(*argv)
+    assert result.returncode == 1, result.stderr
+    assert "/etc/stocksync/edge-tls is not a directory" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "unit", ["stocksync-agent.service", "stocksync-hub.service", "stocksync-edge.service"]
+)
 def test_systemd_analyze_verify(unit: str, tmp_path: Path) -> None:
     """systemd's own check of the unit, every warning counted.
 

@@ -476,3 +476,45 @@ def test_an_edge_serves_the_rooms_server_sent_events_and_overlay() -> None:
                 assert response.status == 200 and "text/html" in response.headers["Content-Type"]
 
     run(go)
+
+
+def test_an_edge_exports_its_viewers_rooms_and_hub_link_to_prometheus() -> None:
+    from metrics_scrape import Scrape, check_spec
+
+    from stocksync.hub import edge_metrics
+
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        async with hub_and_edge(stock, http="127.0.0.1:0") as (hub, edge, stub):
+            url = f"http://127.0.0.1:{edge.http_port}/metrics"
+
+            async def scrape() -> Scrape:
+                return await asyncio.to_thread(Scrape, url)
+
+            first = await scrape()
+            for spec in edge_metrics.SPECS:
+                check_spec(first, spec)
+            assert first.get("stocksync_edge_watchers") == 0
+            info = first.families["stocksync_build_info"].samples[0]
+            assert (info.labels["role"], info.value) == ("edge", 1)
+            viewers = [Viewer(stub) for _ in range(3)]
+            await until(lambda: all(v.events for v in viewers), "snapshots")
+            stock.add("LIP-RED", -1)
+            await until(lambda: all(v.values() == {"LIP-RED": 99} for v in viewers), "a change")
+            now = await scrape()
+            assert now.get("stocksync_edge_watchers") == 3
+            assert now.get("stocksync_edge_rooms") == 1
+            assert now.get("stocksync_edge_rooms_disconnected") == 0
+            assert now.get("stocksync_edge_messages_received_total") == 2  # snapshot, update
+            assert now.get("stocksync_edge_messages_delivered_total") == 6
+            await hub.stop()
+            await until(lambda: edge.rooms is not None and edge.rooms.reconnects, "a reconnect")
+            down = await scrape()
+            assert down.get("stocksync_edge_rooms_disconnected") == 1
+            assert down.get("stocksync_edge_hub_reconnects_total") >= 1
+            assert down.get("stocksync_edge_watchers") == 3  # their streams stay open
+            for v in viewers:
+                await v.close()
+
+    run(go)

@@ -29,6 +29,7 @@ from metrics_scrape import Scrape, check_spec
 from test_sync_grpc import RawStream, batch, establish, event, hello
 
 from stocksync.agent import metrics as agent_metrics
+from stocksync.hub import edge_metrics
 from stocksync.hub import metrics as hub_metrics
 from stocksync.tools.procs import AgentChild, HubChild, command
 from stocksync.v1 import sync_pb2
@@ -415,7 +416,7 @@ def test_the_readme_metrics_table_is_current() -> None:
     table = run_cli(sys.executable, str(root / "scripts" / "metrics_table.py"), check=True)
     readme = (root / "README.md").read_text()
     assert table.stdout.strip() in readme, "run `python scripts/metrics_table.py` into README.md"
-    for spec in (*agent_metrics.SPECS, *hub_metrics.SPECS):
+    for spec in (*agent_metrics.SPECS, *hub_metrics.SPECS, *edge_metrics.SPECS):
         assert f"| `{spec.name}` |" in readme
 
 

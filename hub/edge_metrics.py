@@ -1,0 +1,90 @@
+"""A room edge's metrics, served at ``/metrics`` on its HTTP listener (``--http``).
+
+Everything is read from the edge's rooms when Prometheus scrapes: viewers,
+rooms followed, rooms whose stream to the hub is down, and the message
+counters (received from the hub, delivered to viewers, merged for slow
+ones). The names are in the README's metrics table with the agent's and
+the hub's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import Metric
+
+from stocksync.metrics import BUILD_INFO, ScrapeCollector, Spec, new_registry
+
+if TYPE_CHECKING:
+    from stocksync.hub.edge import EdgeRooms
+
+__all__ = ["SPECS", "EdgeMetrics"]
+
+WATCHERS = Spec("stocksync_edge_watchers", "gauge", (), "Viewers watching a room at this edge now.")
+ROOMS = Spec(
+    "stocksync_edge_rooms", "gauge", (), "Rooms this edge follows at the hub now (one stream each)."
+)
+ROOMS_DISCONNECTED = Spec(
+    "stocksync_edge_rooms_disconnected",
+    "gauge",
+    (),
+    "Rooms whose stream to the hub is down now (the edge is reconnecting; viewers keep "
+    "what they have).",
+)
+RECONNECTS = Spec(
+    "stocksync_edge_hub_reconnects_total",
+    "counter",
+    (),
+    "Room streams to the hub lost and tried again.",
+)
+RECEIVED = Spec(
+    "stocksync_edge_messages_received_total",
+    "counter",
+    (),
+    "Room messages received from the hub.",
+)
+DELIVERED = Spec(
+    "stocksync_edge_messages_delivered_total",
+    "counter",
+    (),
+    "Room messages taken by this edge's viewers.",
+)
+COALESCED = Spec(
+    "stocksync_edge_messages_coalesced_total",
+    "counter",
+    (),
+    "Room messages merged into one a viewer had not taken yet.",
+)
+
+SPECS = (
+    BUILD_INFO,
+    WATCHERS,
+    ROOMS,
+    ROOMS_DISCONNECTED,
+    RECONNECTS,
+    RECEIVED,
+    DELIVERED,
+    COALESCED,
+)
+"""Every metric an edge exports (the README table reads them)."""
+
+
+class EdgeMetrics:
+    """The edge's registry, read from ``rooms`` at scrape time."""
+
+    def __init__(self, rooms: EdgeRooms) -> None:
+        self.rooms = rooms
+        self.registry: CollectorRegistry = new_registry("edge")
+        self.registry.register(ScrapeCollector(SPECS[1:], self._collect))
+
+    def _collect(self) -> Iterable[Metric]:
+        rooms = self.rooms
+        yield WATCHERS.family([((), rooms.watcher_count())])
+        yield ROOMS.family([((), len(rooms.mirrored()))])
+        yield ROOMS_DISCONNECTED.family([((), rooms.disconnected())])
+        yield RECONNECTS.family([((), rooms.reconnects)])
+        yield RECEIVED.family([((), rooms.published)])
+        yield DELIVERED.family([((), rooms.delivered)])
+        yield COALESCED.family([((), rooms.coalesced)])
