@@ -218,6 +218,28 @@ def _sigterm_exits() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _byte_compiled() -> None:
+    """Byte-compile stocksync's modules once before the run.
+
+    An installed wheel ships them compiled (pip compiles on install); a source
+    checkout run with ``PYTHONDONTWRITEBYTECODE`` set would compile every
+    module again in each hub, agent and edge the run starts (~70 ms of CPU
+    each), which no deployment pays.
+    """
+    import compileall
+    import importlib
+
+    for name in (
+        "stocksync",
+        "stocksync.agent",
+        "stocksync.hub",
+        "stocksync.tools",
+        "stocksync.v1",
+    ):
+        for folder in importlib.import_module(name).__path__:
+            compileall.compile_dir(folder, maxlevels=0 if name == "stocksync" else 2, quiet=1)
+
+
 def _run(
     names: list[str], quick: bool, params: tuple[str, ...], no_peer: bool, out: str | None
 ) -> None:
@@ -230,6 +252,7 @@ def _run(
                 f"(it has {', '.join(PRESETS[names[0]]['full'])})",
                 param_hint="--param",
             )
+    _byte_compiled()
     peer = _peer_reason(no_peer)
     if peer:
         _say(f"the peer (NATS JetStream) is skipped: {peer}")
