@@ -199,6 +199,42 @@ def _refusal(error: StocksyncError) -> web.Response:
     )
 
 
+DIRECT_BUFFER = 64 * 1024
+"""A viewer whose socket holds less than this unsent is written to directly
+as a room publishes; beyond it, its messages merge until it reads."""
+
+
+class _Direct:
+    """Writes a message straight to the viewer's socket (no task wakes up):
+    what lets one process serve many viewers (cf. ``websockets.broadcast``).
+
+    Declines while the stream's own task is writing, or while the socket
+    already holds :data:`DIRECT_BUFFER` unsent (a slow viewer): the message
+    then merges in the subscription and the task writes it with backpressure.
+    """
+
+    def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
+        self.transport = transport
+        self.frame = _chunk if chunked else sse_frame
+        self.busy = False
+
+    def __call__(self, event: RoomEvent) -> bool:
+        transport = self.transport
+        if self.busy or transport.is_closing():
+            return False
+        if transport.get_write_buffer_size() > DIRECT_BUFFER:
+            return False
+        transport.write(self.frame(event))
+        return True
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk(event: RoomEvent) -> bytes:
+    """:func:`sse_frame` as one HTTP/1.1 chunk."""
+    frame = sse_frame(event)
+    return b"%x\r\n%s\r\n" % (len(frame), frame)
+
+
 @functools.lru_cache(maxsize=256)
 def sse_frame(event: RoomEvent) -> bytes:
     """One room message as a Server-Sent Events frame (a message taken as
@@ -247,20 +283,36 @@ async def _stream_room(
     try:
         await response.prepare(request)
         await response.write(f"retry: {RECONNECT_MS}\n\n".encode())
+        transport = request.transport
+        direct = None
+        if isinstance(transport, asyncio.Transport):
+            chunked = response.headers.get("Transfer-Encoding") == "chunked"
+            direct = watcher.direct = _Direct(transport, chunked)
+
+        async def write(data: bytes) -> None:
+            # Waits while the viewer's connection is full: meanwhile its
+            # changes merge in the subscription.
+            if direct is None:
+                await response.write(data)
+                return
+            direct.busy = True
+            try:
+                await response.write(data)
+            finally:
+                direct.busy = False
+
         while True:
             try:
                 async with asyncio.timeout(heartbeat):
                     event = await watcher.next()
             except TimeoutError:
-                await response.write(b": heartbeat\n\n")
+                await write(b": heartbeat\n\n")
                 continue
             except StopAsyncIteration:
                 if watcher.room_ended:
-                    await response.write(b"event: end\ndata: {}\n\n")
+                    await write(b"event: end\ndata: {}\n\n")
                 break
-            # Waits while the viewer's connection is full: meanwhile its
-            # changes merge in the subscription.
-            await response.write(sse_frame(event))
+            await write(sse_frame(event))
     except ConnectionResetError:
         log.debug("event stream of room %s: the viewer left", watcher.room)
     finally:

@@ -733,6 +733,11 @@ class Subscription:
         self._wakeup = asyncio.Event()
         self._done = False
         self.room_ended = False
+        self.direct: Callable[[RoomEvent], bool] | None = None
+        """If set, a message the watcher is up to date for (nothing pending)
+        is offered to it as published; when it returns True the message is
+        delivered (a transport that can write without waiting, e.g. to a
+        socket with room in its buffer), else it is pending as usual."""
         if self._exact:
             self._wakeup.set()
 
@@ -749,6 +754,10 @@ class Subscription:
 
     def _push(self, event: RoomEvent) -> None:
         if self._done:
+            return
+        direct = self.direct
+        if direct is not None and self._position is None and not self._exact and direct(event):
+            self._delivered(event)
             return
         if self._position is not None:
             self._hub.coalesced += 1
@@ -797,11 +806,14 @@ class Subscription:
             else:
                 event = Update(self._position, tuple(self._merged.values()), self._origin)
             self._merged, self._opened, self._position, self._single = {}, None, None, None
+        self._delivered(event)
+        return event
+
+    def _delivered(self, event: RoomEvent) -> None:
         self._hub.delivered += 1
         observe = self._hub.observe_delivery
         if observe is not None and isinstance(event, Update):
             observe(self._hub.clock() - event.origin)
-        return event
 
     async def next(self) -> RoomEvent:
         """The next message, waiting for one.

@@ -186,7 +186,7 @@ TINY: dict[str, dict[str, Any]] = {
     "ingest": {"agents": [1, 2], "events": 600},
     "catch-up": {"events": 2000, "skus": 50, "peer_events": 1000},
     "record": {"singles": 20, "processes": 2, "rows": 500},
-    "latency": {"watchers": 3, "rate": 200, "seconds": 0.3, "edge": [1, 0]},
+    "latency": {"watchers": 3, "rate": 200, "seconds": 0.3, "via": ["edge", "edge-sse", "hub"]},
     "wan": {"events": 1000, "delay_ms": 20, "live_events": 5, "live_rate": 50},
     "fanout": {"rooms": [1, 3], "watchers": 6, "updates": 30, "rate": 200},
     "slow-watchers": {"watchers": 20, "updates": 30, "rate": 100, "slow_share": 0.1},
@@ -263,8 +263,12 @@ def test_latency_times_every_event_at_the_hub_and_every_watcher(peer_reason: str
     # The limit: the same one-event batches, one per 5 ms, over a bare bidi stream.
     assert result["details"]["transport"]["count"] == 60
     ours = result["details"]["stocksync"]
-    # Through a room edge, and at the hub itself.
-    assert sorted(ours) == ["watchers at a room edge", "watchers at the hub"]
+    # Through a room edge (gRPC and Server-Sent Events), and at the hub itself.
+    assert sorted(ours) == [
+        "SSE watchers at a room edge",
+        "gRPC watchers at a room edge",
+        "gRPC watchers at the hub",
+    ]
     runs = list(ours.values()) + ([] if peer_reason else [result["details"]["peer"]])
     for figures in runs:
         events = figures["events"]

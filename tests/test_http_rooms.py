@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -257,7 +258,9 @@ def test_a_viewer_who_stops_reading_holds_at_most_the_featured_skus() -> None:
             # Reading again, it catches up to the latest value of every SKU.
             last = f"{stock.rooms.epoch}:{stock.rooms.room('r').position.offset}"
             text = ""
-            while f"id: {last}\n" not in text:
+            # Until the whole of the last frame is in (its id line may come
+            # in one read and its data in the next).
+            while not re.search(rf"id: {last}\n.*?\n\n", text, re.S):
                 text += (await asyncio.wait_for(reader.read(2**16), 60)).decode()
             # Each frame went out as one HTTP chunk; its data line ends it.
             frames = [f for f in text.split("\n\n") if "\ndata: " in f]

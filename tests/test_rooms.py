@@ -460,3 +460,34 @@ def test_a_room_publishes_at_most_one_update_per_interval() -> None:
         stock.rooms.end_room("r")
 
     asyncio.run(go())
+
+
+def test_a_direct_writer_takes_what_its_watcher_is_up_to_date_for(stock: Stock) -> None:
+    stock.rooms.set_featured("r", ["A", "B"])
+    stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
+    watcher = stock.rooms.subscribe("r")
+    written: list[RoomEvent] = []
+    room_for = [True]
+
+    def direct(event: RoomEvent) -> bool:
+        if room_for[0]:
+            written.append(event)
+        return room_for[0]
+
+    watcher.direct = direct
+    stock.add("A", 1)  # the snapshot is still pending: merged, not written past it
+    assert written == []
+    drain(watcher)
+    stock.add("A", 1)  # up to date: written as published, nothing pending
+    assert len(written) == 1 and watcher.take() is None
+    room_for[0] = False  # the socket is full: pending as usual, and merging
+    stock.add("A", 1)
+    stock.add("B", 5)
+    room_for[0] = True
+    stock.add("B", 1)  # something is pending: merges, never overtakes it
+    assert len(written) == 1
+    [merged] = drain(watcher)
+    assert {s.sku: s.sellable for s in merged.skus} == {"A": 3, "B": 6}
+    delivered = stock.rooms.delivered
+    stock.add("A", 1)
+    assert len(written) == 2 and stock.rooms.delivered == delivered + 1

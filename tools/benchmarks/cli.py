@@ -44,8 +44,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"singles": 300, "processes": 5, "rows": 20_000},
     },
     "latency": {
-        "full": {"watchers": 500, "rate": 5000, "seconds": 5, "edge": [1, 0]},
-        "quick": {"watchers": 50, "rate": 1000, "seconds": 2, "edge": [1]},
+        "full": {
+            "watchers": 500,
+            "rate": 5000,
+            "seconds": 5,
+            "via": ["edge", "edge-sse", "hub"],
+        },
+        "quick": {"watchers": 50, "rate": 1000, "seconds": 2, "via": ["edge"]},
     },
     "wan": {
         "full": {"events": 300_000, "delay_ms": 125, "live_events": 200, "live_rate": 50},
@@ -112,7 +117,7 @@ def _latency(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
         float(p["seconds"]),
         tmp,
         peer,
-        [int(e) for e in p["edge"]],
+        [str(v) for v in p["via"]],
     )
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import subprocess
 import sys
@@ -182,38 +183,60 @@ async def _grpc_watchers(target: str, watchers: int, seen: list[list[tuple[int, 
     return close
 
 
+class _SseReader(asyncio.Protocol):
+    """One viewer's Server-Sent Events stream, read as bytes arrive (no task
+    per viewer: the reading process stays out of the measurement's way)."""
+
+    def __init__(self, path: str, seen: list[tuple[int, float]], ready: asyncio.Event) -> None:
+        self.request = f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        self.seen = seen
+        self.ready = ready
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        frames = (self.buffer + data).split(b"\n\n")
+        self.buffer = frames.pop()
+        for frame in frames:
+            at = frame.find(_SKU_MARKER)
+            if at < 0:
+                continue
+            start = frame.find(b'"sellable":', at)
+            if start >= 0:
+                start += len(b'"sellable":')
+                end = frame.find(b",", start)
+                self.seen.append((int(frame[start:end]), now))
+            self.ready.set()
+
+
+_SKU_MARKER = f'"sku":"{SKU}"'.encode()
+
+
+def _same(protocol: _SseReader) -> _SseReader:
+    return protocol
+
+
 async def _sse_watchers(base: str, watchers: int, seen: list[list[tuple[int, float]]]) -> Any:
     """Server-Sent Events streams, one TCP connection each (HTTP/1.1), as browsers."""
-    import aiohttp
-
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-    snapshots = [asyncio.Event() for _ in range(watchers)]
-    marker = f'"sku":"{SKU}"'.encode()
-
-    async def watch(i: int) -> None:
-        async with session.get(f"{base}/rooms/{ROOM}/events") as response:
-            pending = b""
-            async for chunk in response.content.iter_any():
-                now = time.monotonic()
-                pending += chunk
-                *frames, pending = pending.split(b"\n\n")
-                for frame in frames:
-                    if marker not in frame:
-                        continue
-                    data = frame[frame.index(b"data: ") + 6 :]
-                    for entry in json.loads(data)["skus"]:
-                        if entry["sku"] == SKU and "sellable" in entry:
-                            seen[i].append((entry["sellable"], now))
-                    snapshots[i].set()
-
-    tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
-    await asyncio.gather(*(e.wait() for e in snapshots))
+    host, _, port = base.removeprefix("http://").rpartition(":")
+    loop = asyncio.get_running_loop()
+    ready = [asyncio.Event() for _ in range(watchers)]
+    transports = []
+    for i in range(watchers):
+        reader = _SseReader(f"/rooms/{ROOM}/events", seen[i], ready[i])
+        transport, _ = await loop.create_connection(
+            functools.partial(_same, reader), host, int(port)
+        )
+        transports.append(transport)
+    await asyncio.gather(*(e.wait() for e in ready))
 
     async def close() -> None:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await session.close()
+        for t in transports:
+            t.close()
 
     return close
 
@@ -319,11 +342,13 @@ def _sellable(target: str) -> int:
 
 
 def run(
-    watchers: int, rate: float, seconds: float, workdir: Path, edge: bool = True
+    watchers: int, rate: float, seconds: float, workdir: Path, via: str = "edge"
 ) -> dict[str, Any]:
-    """stocksync: a real hub and agent; the two latencies' figures. With
-    ``edge``, the watchers follow the room through a room edge
-    (``stocksync-hub edge``, a process of its own), else at the hub itself."""
+    """stocksync: a real hub and agent; the two latencies' figures. ``via``
+    (:data:`WHERE`): ``edge``, the watchers follow the room over gRPC through
+    a room edge (``stocksync-hub edge``, a process of its own); ``edge-sse``,
+    as Server-Sent Events from the edge (as browsers); ``hub``, over gRPC at
+    the hub itself."""
     from stocksync.agent.store import AgentStore
     from stocksync.tools.benchmarks.catchup import HubWatermark
 
@@ -339,14 +364,16 @@ def run(
         agent = AgentChild(WAREHOUSE, db, hub.target, workdir / "agent.log")
         wait_for(lambda: _sellable(hub.target) == BASE, 60, "the hub to hold the stock")
         _room(hub.target)
-        follow = hub.target
-        if edge:
+        mode, follow = "grpc", hub.target
+        if via != "hub":
             edge_child = EdgeChild(hub.target, workdir / "edge.log")
             edge_child.wait_ready()
             follow = edge_child.target
+            if via == "edge-sse":
+                mode, follow = "sse", f"http://127.0.0.1:{edge_child.http_port}"
         watermark = HubWatermark(hub.db, WAREHOUSE)
         with (
-            watchers_child("grpc", follow, watchers) as child,
+            watchers_child(mode, follow, watchers) as child,
             WatermarkPoller(watermark) as poller,
             AgentStore(db) as store,
         ):
@@ -498,8 +525,12 @@ def _rows(
     return out
 
 
-WHERE = {1: "watchers at a room edge", 0: "watchers at the hub"}
-"""How the stocksync watchers follow the room, by the ``edge`` parameter."""
+WHERE = {
+    "edge": "gRPC watchers at a room edge",
+    "edge-sse": "SSE watchers at a room edge",
+    "hub": "gRPC watchers at the hub",
+}
+"""How the stocksync watchers follow the room, by the ``via`` parameter."""
 
 
 def scenario(
@@ -508,14 +539,17 @@ def scenario(
     seconds: float,
     workdir: Path,
     with_peer: str,
-    edges: Sequence[int] = (1,),
+    via: Sequence[str] = ("edge",),
 ) -> Scenario:
     """The ``latency`` scenario; ``with_peer`` is '' or why the peer is skipped;
-    ``edges``: 1, the watchers follow a room edge; 0, the hub itself (each is a run)."""
+    ``via``: how the watchers follow the room, one run each (:data:`WHERE`)."""
+    unknown = set(via) - set(WHERE)
+    if unknown:
+        raise ValueError(f"via: {', '.join(sorted(unknown))}; expected {', '.join(WHERE)}")
     transport = _transport(rate, seconds)
     runs = {}
-    for edge in edges:
-        runs[edge] = run(watchers, rate, seconds, _fresh(workdir / f"stocksync-{edge}"), bool(edge))
+    for where in via:
+        runs[where] = run(watchers, rate, seconds, _fresh(workdir / f"stocksync-{where}"), where)
     theirs = None
     if not with_peer:
         theirs = run_peer(watchers, rate, seconds, _fresh(workdir / "peer"))
@@ -525,12 +559,12 @@ def scenario(
         "watchersp99": "<= 50 ms and < peer",
     }
     rows = []
-    for edge, ours in runs.items():
+    for where, ours in runs.items():
         # The targets are read off the first run (the deployment the docs advise).
-        rows += _rows(ours, theirs, targets if edge == edges[0] else {}, transport, WHERE[edge])
+        rows += _rows(ours, theirs, targets if where == via[0] else {}, transport, WHERE[where])
     return Scenario(
         "latency",
-        {"watchers": watchers, "rate": rate, "seconds": seconds, "edge": list(edges)},
+        {"watchers": watchers, "rate": rate, "seconds": seconds, "via": list(via)},
         rows,
         {
             "stocksync": {WHERE[e]: r for e, r in runs.items()},
