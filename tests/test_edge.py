@@ -14,6 +14,8 @@ import contextlib
 import json
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -363,6 +365,8 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
                 str(edge_client),
                 "--tokens-file",
                 str(pki.tokens_file),
+                "--http",
+                "127.0.0.1:0",
                 "--ready-file",
                 str(ready),
             ],
@@ -390,6 +394,25 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             assert first(token_shop, "room-a") is grpc.StatusCode.PERMISSION_DENIED
             assert first(None, "room-a") is grpc.StatusCode.UNAUTHENTICATED
             assert first("not-a-token", "room-a") is grpc.StatusCode.UNAUTHENTICATED
+            # Its Server-Sent Events take the same tokens.
+            http_port = json.loads(ready.read_text())["http_port"]
+
+            def sse(token: str | None, room: str) -> int:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{http_port}/rooms/{room}/events"
+                )
+                if token is not None:
+                    request.add_header("Authorization", f"Bearer {token}")
+                try:
+                    with urllib.request.urlopen(request, timeout=20) as response:
+                        assert response.readline().startswith(b"retry:")
+                        return int(response.status)
+                except urllib.error.HTTPError as e:
+                    return e.code
+
+            assert sse(token_a, "room-a") == 200
+            assert sse(token_a, "room-b") == 403
+            assert sse(None, "room-a") == 401
         finally:
             proc.terminate()
             proc.wait(30)
