@@ -61,8 +61,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"rooms": [1, 10], "watchers": 100, "updates": 100, "rate": 100},
     },
     "slow-watchers": {
-        "full": {"watchers": 1000, "updates": 300, "rate": 50, "slow_share": 0.05},
-        "quick": {"watchers": 100, "updates": 100, "rate": 50, "slow_share": 0.05},
+        "full": {"watchers": 1000, "updates": 300, "rate": 50, "slow_share": 0.05, "rounds": 3},
+        "quick": {"watchers": 100, "updates": 100, "rate": 50, "slow_share": 0.05, "rounds": 1},
     },
     "reserve": {
         "full": {"callers": 1000, "attempts": 20_000, "units": 10_000},
@@ -146,7 +146,12 @@ def _slow(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
     from stocksync.tools.benchmarks import fanout
 
     return fanout.slow_scenario(
-        int(p["watchers"]), int(p["updates"]), float(p["rate"]), float(p["slow_share"]), _say
+        int(p["watchers"]),
+        int(p["updates"]),
+        float(p["rate"]),
+        float(p["slow_share"]),
+        _say,
+        int(p["rounds"]),
     )
 
 
