@@ -65,8 +65,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"watchers": 100, "updates": 100, "rate": 50, "slow_share": 0.05, "rounds": 1},
     },
     "reserve": {
-        "full": {"callers": 1000, "attempts": 20_000, "units": 10_000},
-        "quick": {"callers": 100, "attempts": 2000, "units": 1000},
+        "full": {"callers": 1000, "attempts": 20_000, "units": 10_000, "rounds": 3},
+        "quick": {"callers": 100, "attempts": 2000, "units": 1000, "rounds": 1},
     },
     "footprint": {
         "full": {"skus": 100_000, "warehouses": 10, "idle_s": 10},
@@ -158,7 +158,9 @@ def _slow(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
 def _reserve(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
     from stocksync.tools.benchmarks import reserve
 
-    return reserve.scenario(int(p["callers"]), int(p["attempts"]), int(p["units"]), tmp)
+    return reserve.scenario(
+        int(p["callers"]), int(p["attempts"]), int(p["units"]), tmp, int(p["rounds"])
+    )
 
 
 def _footprint(p: dict[str, Any], tmp: Path, peer: str) -> Scenario:
