@@ -396,7 +396,7 @@ class _Room:
     dirty: set[str] = field(default_factory=set)
     """SKUs changed since, waiting for the next update (``min_interval_s``)."""
     dirty_origin: float = 0.0
-    flush: Any = None
+    flush: asyncio.TimerHandle | None = None
     """The scheduled update of the dirty SKUs, if any."""
 
     @property

@@ -4,9 +4,11 @@ SQLite has one writer anyway, and a commit costs an fsync. So every write —
 agent batches from every stream, snapshots, and (as they come) reservations —
 is a *command* queued here, and one writer thread commits whatever has queued
 up while the previous commit was waiting for its fsync as **one transaction**
-(group commit). Each command runs inside its own savepoint: one that fails
-(a moved watermark, say) is undone alone and its caller gets the error; the
-others commit. A caller hears the result only once it is durable.
+(group commit). A command that fails (a moved watermark, say) is undone
+alone and its caller gets the error; the ones before it commit (the group
+is then run again with a savepoint per command; the common path, where none
+fails, pays for no savepoints). A caller hears the result only once it is
+durable.
 
 Commands from one caller keep their order (the queue is FIFO), which is what
 lets an agent stream pipeline batches: batch n+1 is queued while batch n is
@@ -163,7 +165,9 @@ class Writer:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
 
     def _commit(self, group: list[tuple[Command, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
-        """Run on the writer thread: one transaction, one savepoint per command.
+        """Run on the writer thread: one transaction for the group; when a
+        command fails, its writes alone are undone (it is run again with one
+        savepoint per command).
 
         After a command fails, the rest of the group is not run: it was decided
         on the understanding that the failed one would commit.
@@ -177,7 +181,25 @@ class Writer:
                     return [(True, command(tx))]
             except StocksyncError as e:
                 return [(False, e)]
+        # Commands rarely fail: run the group straight through first, and
+        # only if one raises, roll it all back and run it again with a
+        # savepoint per command (two statements and a statement journal per
+        # command saved on the common path).
         outcomes: list[tuple[bool, Any]] = []
+        command_failed = False
+        try:
+            with self._store.transaction() as tx:
+                for command, _ in group:
+                    try:
+                        outcomes.append((True, command(tx)))
+                    except BaseException:
+                        command_failed = True
+                        raise
+            return outcomes
+        except Exception:
+            if not command_failed:
+                raise  # the transaction itself failed (BEGIN or COMMIT): as before
+        outcomes = []
         with self._store.transaction() as tx:
             for command, _ in group:
                 if outcomes and not outcomes[-1][0]:
