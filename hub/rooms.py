@@ -424,6 +424,10 @@ class RoomHub:
             spell goes out at once, what follows within the interval merges
             into one update at its end. 0: every change at once. Needs a
             running event loop when above 0.
+        max_writes_per_s: a room with many watchers updates less often, so
+            that it asks for at most this many messages a second in all
+            (``room_max_writes_per_s``): its interval is the larger of
+            ``min_interval_s`` and its watchers ÷ this. 0: no such bound.
 
     Attributes:
         epoch: random per RoomHub: positions from another hub start are
@@ -444,11 +448,13 @@ class RoomHub:
         clock: Callable[[], float] = time.monotonic,
         max_featured: int = MAX_FEATURED,
         min_interval_s: float = 0.0,
+        max_writes_per_s: float = 0.0,
     ) -> None:
         if history < 1:
             raise ValueError("history must be at least 1")
         self.max_featured = max_featured
         self.min_interval_s = min_interval_s
+        self.max_writes_per_s = max_writes_per_s
         self.source = source
         self.store = store
         self.history = history
@@ -576,17 +582,24 @@ class RoomHub:
             ]
         now = self.clock()
         for room, featured in targets:
-            if now - room.last_update < self.min_interval_s:
+            interval = self.interval(room)
+            if now - room.last_update < interval:
                 # Too soon after the last update: merge into the next one.
                 if not room.dirty:
                     room.dirty_origin = origin
                 room.dirty.update(featured)
                 if room.flush is None:
                     room.flush = asyncio.get_running_loop().call_later(
-                        room.last_update + self.min_interval_s - now, self._flush, room
+                        room.last_update + interval - now, self._flush, room
                     )
                 continue
             self._update(room, featured, origin, now)
+
+    def interval(self, room: _Room) -> float:
+        """The least time between two updates of ``room``, in seconds."""
+        if self.max_writes_per_s <= 0:
+            return self.min_interval_s
+        return max(self.min_interval_s, len(room.watchers) / self.max_writes_per_s)
 
     def _flush(self, room: _Room) -> None:
         room.flush = None

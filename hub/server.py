@@ -195,6 +195,7 @@ class Hub:
             WriterRoomStore(records, self.writer),
             max_featured=self.config.max_featured_skus,
             min_interval_s=self.config.room_update_interval_ms / 1000,
+            max_writes_per_s=self.config.room_max_writes_per_s,
         )
         self.inventory.stock_listeners.append(rooms.stock_changed)
         rooms.observe_delivery = self.metrics.delivery_latency.observe

@@ -324,6 +324,13 @@ class HubConfig:
         "spell goes out at once, later ones within the interval merge into one. 0: every "
         "applied batch that changes what a room shows is an update of its own.",
     )
+    room_max_writes_per_s: float = _knob(
+        5000.0,
+        "Most messages a second one room asks the hub to write to its own watchers: a room "
+        "watched by more than this x room_update_interval_ms updates less often (500 "
+        "watchers: every 100 ms), so viewers never starve warehouses and shops of the hub's "
+        "CPU; viewers on a room edge count as one. 0: no bound.",
+    )
     max_query_skus: int = _knob(1000, "Most SKUs one stock query may name.")
     max_streams_per_identity: int = _knob(
         4,
@@ -390,6 +397,7 @@ class HubConfig:
         _check_range("max_reservation_lines", self.max_reservation_lines, 1, 1000)
         _check_range("max_featured_skus", self.max_featured_skus, 1, 10_000)
         _check_range("room_update_interval_ms", self.room_update_interval_ms, 0, 10_000)
+        _check_range("room_max_writes_per_s", self.room_max_writes_per_s, 0, 10_000_000)
         _check_range("max_query_skus", self.max_query_skus, 1, 100_000)
         _check_range("max_streams_per_identity", self.max_streams_per_identity, 1, 1000)
         _check_range("max_watchers_per_identity", self.max_watchers_per_identity, 1, 1_000_000)

@@ -491,3 +491,41 @@ def test_a_direct_writer_takes_what_its_watcher_is_up_to_date_for(stock: Stock) 
     delivered = stock.rooms.delivered
     stock.add("A", 1)
     assert len(written) == 2 and stock.rooms.delivered == delivered + 1
+
+
+def test_a_room_with_many_watchers_updates_less_often() -> None:
+    async def go() -> None:
+        now = [100.0]
+        stock = Stock()
+        stock.rooms = RoomHub(
+            stock.source,
+            stock.store,
+            clock=lambda: now[0],
+            min_interval_s=0.05,
+            max_writes_per_s=100,
+        )
+        stock.rooms.set_featured("r", ["A"])
+        stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
+        watchers = [stock.rooms.subscribe("r") for _ in range(20)]  # 20 / 100 per s: 0.2 s
+        for w in watchers:
+            drain(w)
+        stock.add("A", 1)  # at once
+        assert all(len(drain(w)) == 1 for w in watchers)
+        now[0] += 0.1  # past room_update_interval, within 20 watchers / 100 per s
+        stock.add("A", 1)
+        assert all(drain(w) == [] for w in watchers)
+        await asyncio.sleep(0.3)
+        [merged] = drain(watchers[0])
+        assert [s.sellable for s in merged.skus] == [2]
+        # With one watcher left (an edge, say), the room's own interval applies again.
+        for w in watchers[1:]:
+            w.close()
+        now[0] += 0.3
+        stock.add("A", 1)
+        assert len(drain(watchers[0])) == 1
+        now[0] += 0.06
+        stock.add("A", 1)
+        assert len(drain(watchers[0])) == 1
+        stock.rooms.end_room("r")
+
+    asyncio.run(go())
