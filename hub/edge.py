@@ -28,7 +28,7 @@ import functools
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,13 +37,14 @@ import tenacity
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stocksync.auth import TokenFile
-from stocksync.errors import InvalidArgument, Status, StocksyncError
-from stocksync.grpc_edge import DecodeGuard, abort, enable_reflection
+from stocksync.errors import Status, StocksyncError
+from stocksync.grpc_edge import DecodeGuard, enable_reflection
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.edge_metrics import EdgeMetrics
 from stocksync.hub.grpc_gate import Gate
 from stocksync.hub.http import HttpServer, make_app
 from stocksync.hub.http_auth import HttpAuth
+from stocksync.hub.room_service import SERVICE_NAME, WatchServicer, event_from_proto
 from stocksync.hub.rooms import (
     DEFAULT_HISTORY,
     Position,
@@ -54,6 +55,7 @@ from stocksync.hub.rooms import (
     Subscription,
     UnknownRoom,
     Update,
+    resume_reason,
     validate_room_id,
 )
 from stocksync.metrics import metrics_handler
@@ -190,19 +192,10 @@ class EdgeRooms:
         assert mirror.position is not None and mirror.snapshot is not None
         missed: list[RoomEvent] = []
         latest = mirror.position
-        if start is None:
-            reason = SnapshotReason.INITIAL
-        elif start.epoch != latest.epoch:
-            reason = SnapshotReason.NEW_EPOCH
-        elif start.offset > latest.offset:
-            raise InvalidArgument(
-                f"from_position {start} is ahead of room {room_id!r} (latest {latest})"
-            )
-        elif start.offset >= mirror.floor:
-            reason = SnapshotReason.RESUMED
+        reason = resume_reason(room_id, start, latest, mirror.floor)
+        if reason is SnapshotReason.RESUMED:
+            assert start is not None
             missed = [e for e in mirror.history if e.position.offset > start.offset]
-        else:
-            reason = SnapshotReason.HISTORY_GONE
         watcher = Subscription(self, room_id, reason, missed)  # type: ignore[arg-type]
         if reason is not SnapshotReason.RESUMED:
             watcher._push(
@@ -257,8 +250,6 @@ class EdgeRooms:
             room_id=mirror.room,
             from_position=str(mirror.position) if mirror.position is not None else "",
         )
-        from stocksync.hub.room_service import event_from_proto
-
         call = self.stub.Watch(request)
         try:
             async for message in call:
@@ -358,29 +349,15 @@ class EdgeRooms:
                 await mirror.task
 
 
-class EdgeServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
+class EdgeServicer(WatchServicer):
     """``LiveRoomService`` at an edge: ``Watch`` only; setting rooms up is the hub's."""
 
     def __init__(self, rooms: EdgeRooms) -> None:
-        from stocksync.hub.room_service import ENCODED_CACHE, event_to_proto
-
+        super().__init__()
         self.rooms = rooms
-        self._encode = functools.lru_cache(maxsize=ENCODED_CACHE)(event_to_proto)
 
-    async def Watch(
-        self, request: rooms_pb2.WatchRequest, context: Context
-    ) -> AsyncIterator[rooms_pb2.WatchResponse]:
-        """As the hub's ``Watch``."""
-        try:
-            start = Position.parse(request.from_position) if request.from_position else None
-            watcher = await self.rooms.subscribe(request.room_id, start)
-        except StocksyncError as e:
-            await abort(context, e)
-        try:
-            async for event in watcher:
-                yield self._encode(event)
-        finally:
-            watcher.close()
+    async def _subscribe(self, room_id: str, start: Position | None) -> Subscription:
+        return await self.rooms.subscribe(room_id, start)
 
     async def _hub_only(self, context: Context, method: str) -> Any:
         await context.abort(
@@ -462,7 +439,6 @@ class Edge:
         Raises:
             RuntimeError: the address cannot be bound.
         """
-        from stocksync.hub.room_service import SERVICE_NAME
         from stocksync.hub.server import _bind, check_free, server_options
 
         check_free(self.listen)

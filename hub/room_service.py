@@ -29,6 +29,7 @@ from stocksync.hub.rooms import (
     SkuDisplay,
     Snapshot,
     SnapshotReason,
+    Subscription,
     Update,
 )
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
@@ -36,6 +37,7 @@ from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 __all__ = [
     "SERVICE_NAME",
     "RoomServicer",
+    "WatchServicer",
     "event_from_proto",
     "event_to_proto",
     "policy_from_proto",
@@ -175,7 +177,45 @@ def event_from_proto(message: rooms_pb2.WatchResponse) -> RoomEvent:
     )
 
 
-class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
+class WatchServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
+    """``Watch`` over any rooms: the hub's (:class:`RoomServicer`) or a room
+    edge's (:class:`stocksync.hub.edge.EdgeServicer`); subclasses say how a
+    subscription opens."""
+
+    def __init__(self) -> None:
+        # A message no watcher had merged is one object for all of them:
+        # build its protobuf once, not once per watcher.
+        self._encode = functools.lru_cache(maxsize=ENCODED_CACHE)(event_to_proto)
+
+    async def _subscribe(self, room_id: str, start: Position | None) -> Subscription:
+        """Open a subscription (see :meth:`RoomHub.subscribe`).
+
+        Raises:
+            StocksyncError: the room cannot be watched; the call ends with it.
+        """
+        raise NotImplementedError
+
+    async def Watch(
+        self, request: rooms_pb2.WatchRequest, context: Context
+    ) -> AsyncIterator[rooms_pb2.WatchResponse]:
+        """A snapshot or the missed messages, then every change, until the
+        room ends or the watcher goes away."""
+        try:
+            start = Position.parse(request.from_position) if request.from_position else None
+            watcher = await self._subscribe(request.room_id, start)
+        except StocksyncError as e:
+            await abort(context, e)
+        try:
+            # Taken one at a time, as gRPC's flow control lets the last one
+            # out: while the watcher does not read, its changes merge.
+            async for event in watcher:
+                yield self._encode(event)
+        finally:
+            # Also on cancellation, when the watcher disconnects.
+            watcher.close()
+
+
+class RoomServicer(WatchServicer):
     """Sets up rooms and streams what they show.
 
     Args:
@@ -187,11 +227,12 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
     def __init__(
         self, rooms: RoomHub, on_end: Callable[[str], Awaitable[None]] | None = None
     ) -> None:
+        super().__init__()
         self.rooms = rooms
         self.on_end = on_end
-        # A message no watcher had merged is one object for all of them:
-        # build its protobuf once, not once per watcher.
-        self._encode = functools.lru_cache(maxsize=ENCODED_CACHE)(event_to_proto)
+
+    async def _subscribe(self, room_id: str, start: Position | None) -> Subscription:
+        return self.rooms.subscribe(room_id, start)
 
     @guarded
     async def SetFeatured(
@@ -242,22 +283,3 @@ class RoomServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
         if self.on_end is not None:
             await self.on_end(request.room_id)
         return rooms_pb2.EndRoomResponse()
-
-    async def Watch(
-        self, request: rooms_pb2.WatchRequest, context: Context
-    ) -> AsyncIterator[rooms_pb2.WatchResponse]:
-        """A snapshot or the missed messages, then every change, until the
-        room ends or the watcher goes away."""
-        try:
-            start = Position.parse(request.from_position) if request.from_position else None
-            watcher = self.rooms.subscribe(request.room_id, start)
-        except StocksyncError as e:
-            await abort(context, e)
-        try:
-            # Taken one at a time, as gRPC's flow control lets the last one
-            # out: while the watcher does not read, its changes merge.
-            async for event in watcher:
-                yield self._encode(event)
-        finally:
-            # Also on cancellation, when the watcher disconnects.
-            watcher.close()

@@ -61,6 +61,7 @@ __all__ = [
     "UnknownRoom",
     "Update",
     "event_dict",
+    "resume_reason",
     "room_dict",
     "validate_room_id",
 ]
@@ -101,6 +102,35 @@ def validate_room_id(room: str) -> str:
         shown = room[:80] if isinstance(room, str) else room
         raise InvalidArgument(f"room_id {shown!r} must be 1-64 letters, digits, '.', '_' or '-'")
     return room
+
+
+def resume_reason(
+    room_id: str, start: Position | None, latest: Position, floor: int
+) -> SnapshotReason:
+    """How a watcher starting at ``start`` begins: ``RESUMED`` (exactly the
+    messages after it follow) or why it gets a snapshot instead.
+
+    Args:
+        room_id: the room (for the error's detail).
+        start: the position the watcher gave, if any.
+        latest: the room's latest position.
+        floor: the oldest offset of ``latest.epoch`` from which what follows
+            is still known message by message.
+
+    Raises:
+        InvalidArgument: ``start`` is ahead of the room.
+    """
+    if start is None:
+        return SnapshotReason.INITIAL
+    if start.epoch != latest.epoch:
+        return SnapshotReason.NEW_EPOCH
+    if start.offset > latest.offset:
+        raise InvalidArgument(
+            f"from_position {start} is ahead of room {room_id!r} (latest {latest})"
+        )
+    if start.offset >= floor:
+        return SnapshotReason.RESUMED
+    return SnapshotReason.HISTORY_GONE
 
 
 def _validate_featured(skus: Sequence[str], limit: int = MAX_FEATURED) -> tuple[str, ...]:
@@ -626,21 +656,12 @@ class RoomHub:
         """
         room = self._live(room_id)
         missed: list[RoomEvent] = []
-        if from_position is None:
-            reason = SnapshotReason.INITIAL
-        elif from_position.epoch != self.epoch:
-            reason = SnapshotReason.NEW_EPOCH
-        elif from_position.offset > room.offset:
-            raise InvalidArgument(
-                f"from_position {from_position} is ahead of room {room_id!r} "
-                f"(latest {self.epoch}:{room.offset})"
-            )
-        elif from_position.offset >= room.offset - len(room.history):
-            reason = SnapshotReason.RESUMED
+        latest = Position(self.epoch, room.offset)
+        reason = resume_reason(room_id, from_position, latest, room.offset - len(room.history))
+        if reason is SnapshotReason.RESUMED:
+            assert from_position is not None
             skip = len(room.history) - (room.offset - from_position.offset)
             missed = list(itertools.islice(room.history, skip, None))
-        else:
-            reason = SnapshotReason.HISTORY_GONE
         watcher = Subscription(self, room_id, reason, missed)
         if reason is not SnapshotReason.RESUMED:
             # Pending like any snapshot, so changes until it is taken merge into it.

@@ -339,6 +339,34 @@ def test_the_command_refuses_what_cannot_work_in_one_line(tmp_path: Path) -> Non
     assert "Traceback" not in r.stderr
 
 
+def tls_edge(pki: Pki, hub: str, client: Path, ready: Path) -> subprocess.Popen[str]:
+    """``stocksync-hub edge`` with TLS both ways: the hub's server certificate
+    (it names localhost), ``client`` to reach the hub, the viewers' tokens."""
+    ready.unlink(missing_ok=True)
+    return subprocess.Popen(
+        [
+            *command("stocksync-hub"),
+            "edge",
+            "--hub",
+            f"localhost:{hub.rpartition(':')[2]}",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls",
+            str(pki.root / "hub"),
+            "--hub-tls",
+            str(client),
+            "--tokens-file",
+            str(pki.tokens_file),
+            "--http",
+            "127.0.0.1:0",
+            "--ready-file",
+            str(ready),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
     pki = Pki.make(tmp_path / "pki")
     admin = pki.client("admin", "admin")
@@ -351,28 +379,7 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             for room in ("room-a", "room-b"):
                 stub.SetFeatured(rooms_pb2.SetFeaturedRequest(room_id=room, skus=["LIP"]))
         ready = tmp_path / "edge.json"
-        proc = subprocess.Popen(
-            [
-                *command("stocksync-hub"),
-                "edge",
-                "--hub",
-                f"localhost:{hub.mtls.rpartition(':')[2]}",
-                "--listen",
-                "127.0.0.1:0",
-                "--tls",
-                str(pki.root / "hub"),  # a server certificate for localhost
-                "--hub-tls",
-                str(edge_client),
-                "--tokens-file",
-                str(pki.tokens_file),
-                "--http",
-                "127.0.0.1:0",
-                "--ready-file",
-                str(ready),
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = tls_edge(pki, hub.mtls, edge_client, ready)
         try:
             wait_until(lambda: ready.exists() or proc.poll() is not None, 60, "the edge")
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -420,28 +427,8 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
         # An edge whose certificate may not watch rooms: its viewers are told
         # why, and the edge says it once.
         shop = pki.client("shop", "inventory:reserve")
-        misconfigured = subprocess.Popen(
-            [
-                *command("stocksync-hub"),
-                "edge",
-                "--hub",
-                f"localhost:{hub.mtls.rpartition(':')[2]}",
-                "--listen",
-                "127.0.0.1:0",
-                "--tls",
-                str(pki.root / "hub"),
-                "--hub-tls",
-                str(shop),
-                "--tokens-file",
-                str(pki.tokens_file),
-                "--ready-file",
-                str(ready),
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        misconfigured = tls_edge(pki, hub.mtls, shop, ready)
         try:
-            ready.unlink()
             wait_until(lambda: ready.exists(), 60, "the second edge")
             target = f"localhost:{json.loads(ready.read_text())['port']}"
             with grpc.secure_channel(target, token_creds(pki, token_a)) as ch:
