@@ -47,6 +47,7 @@ from stocksync.hub.http_auth import HttpAuth
 from stocksync.hub.room_service import SERVICE_NAME, WatchServicer, event_from_proto
 from stocksync.hub.rooms import (
     DEFAULT_HISTORY,
+    DisplayPolicy,
     Position,
     RoomEvent,
     SkuDisplay,
@@ -103,8 +104,8 @@ class _Mirror:
     """Of the newest message from the hub."""
     floor: int = 0
     """A viewer at an offset of ``position.epoch`` from here on resumes exactly."""
-    snapshot: Snapshot | None = None
-    """Everything the room shows (policy, featured SKUs in order)."""
+    policy: DisplayPolicy | None = None
+    """How the room shows stock (from the hub's latest snapshot)."""
     shown: dict[str, SkuDisplay] = field(default_factory=dict)
     watchers: set[Subscription] = field(default_factory=set)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -189,7 +190,7 @@ class EdgeRooms:
             ) from None
         if mirror.error is not None:
             raise mirror.error
-        assert mirror.position is not None and mirror.snapshot is not None
+        assert mirror.position is not None and mirror.policy is not None
         missed: list[RoomEvent] = []
         latest = mirror.position
         reason = resume_reason(room_id, start, latest, mirror.floor)
@@ -198,9 +199,7 @@ class EdgeRooms:
             missed = [e for e in mirror.history if e.position.offset > start.offset]
         watcher = Subscription(self, room_id, reason, missed)  # type: ignore[arg-type]
         if reason is not SnapshotReason.RESUMED:
-            watcher._push(
-                Snapshot(latest, reason, mirror.snapshot.policy, tuple(mirror.shown.values()))
-            )
+            watcher._push(Snapshot(latest, reason, mirror.policy, tuple(mirror.shown.values())))
         mirror.watchers.add(watcher)
         return watcher
 
@@ -280,7 +279,7 @@ class EdgeRooms:
             SnapshotReason.NEW_EPOCH,
         )
         if isinstance(event, Snapshot):
-            mirror.snapshot = event
+            mirror.policy = event.policy
             mirror.shown = {s.sku: s for s in event.skus}
         else:
             for s in event.skus:
