@@ -10,6 +10,8 @@ Debian's prometheus package. Elsewhere it is skipped, saying which tool.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import itertools
 import json
 import os
@@ -610,6 +612,21 @@ def test_compose_runs_the_whole_system() -> None:
     assert "--out /certs/hub" in script
     assert services["hub"]["environment"]["STOCKSYNC_HUB_TLS"] == "/certs/hub"
     assert "for wh in " + " ".join(AGENT_SERVICES.values()) + ";" in script
+    # The room edge: the hub by its service name, the files the certs
+    # service makes, and Prometheus scrapes it where it serves /metrics.
+    edge = services["edge"]
+    assert edge["build"] == services["hub"]["build"]
+    command = edge["command"]
+    assert command[0] == "edge"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--hub"] == "hub:50051"
+    assert options["--tls"] == "/certs/edge" and "--out /certs/edge " in script
+    assert options["--hub-tls"] == "/certs/edge-client" and "--out /certs/edge-client " in script
+    assert "--scope rooms:watch --ca-dir /certs/ca --out /certs/edge-client" in script
+    assert options["--tokens-file"] == "/certs/viewers.toml" and "/certs/viewers.toml" in script
+    (edge_target,) = load_yaml(DEPLOY / "compose" / "targets" / "edges.yml")[0]["targets"]
+    assert edge_target == "edge:" + options["--http"].rsplit(":", 1)[1]
+    assert "edge" in services["prometheus"]["depends_on"]
 
 
 def test_compose_references_only_files_that_exist() -> None:
@@ -665,7 +682,9 @@ def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
     service's script issues every certificate (once), a hub with them serves
     an agent started by deploy/compose/warehouse-sim.sh, whose moves reach the
     hub; the operator certificate reads the warehouses, as the README shows;
-    SIGTERM stops the simulated warehouse and its agent."""
+    the room edge, with its certificates, shows a room the operator features
+    to a viewer with the token the certs service made; SIGTERM stops the
+    simulated warehouse and its agent, and the edge."""
     services = compose()["services"]
     script = compose_path(services["certs"]["command"][0].replace("$$", "$"), tmp_path)
     if os.geteuid() != 0:  # in the container it runs as root, to hand the files to uid 10001
@@ -680,12 +699,14 @@ def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, result.stderr
     assert "certificates exist" in result.stdout
-    for name in ("hub", "operator", *AGENT_SERVICES.values()):
+    for name in ("hub", "operator", "edge", "edge-client", *AGENT_SERVICES.values()):
         assert {p.name for p in (tmp_path / "certs" / name).iterdir()} >= {
             "cert.pem",
             "key.pem",
             "ca.pem",
         }
+    token = (tmp_path / "certs" / "viewer.token").read_text().strip()
+    assert token.startswith("sst_")
 
     ready = tmp_path / "hub.ready.json"
     (tmp_path / "data").mkdir()
@@ -701,6 +722,7 @@ def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
         ),
     )
     sim = None
+    edge: Child | None = None
     try:
 
         def hub_port() -> int | None:
@@ -750,12 +772,42 @@ def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
         )
         assert warehouses.returncode == 0, warehouses.stderr
         assert "WH-LAX" in warehouses.stdout
+        featured = run(
+            BIN / "stocksync-hub",
+            *("rooms", "feature", "live-a", "SKU-1", "SKU-2"),
+            *("--hub", f"localhost:{port}", "--tls", tmp_path / "certs" / "operator"),
+        )
+        assert featured.returncode == 0, featured.stderr
+        edge_ready = tmp_path / "edge.ready.json"
+        edge_args = [compose_path(arg, tmp_path) for arg in services["edge"]["command"]]
+        for option, value in (
+            ("--hub", f"localhost:{port}"),
+            ("--listen", "127.0.0.1:0"),
+            ("--http", "127.0.0.1:0"),
+        ):
+            edge_args = move_option(edge_args, option, value)
+        edge = Child(
+            "edge",
+            [str(BIN / "stocksync-hub"), *edge_args, "--ready-file", str(edge_ready)],
+            tmp_path / "edge.log",
+        )
+        edge_port = wait_for(functools.partial(ready_http_port, edge, edge_ready), 60, "the edge")
+        edge_http = f"127.0.0.1:{edge_port}"
+        with watch_room(edge_http, "live-a", token) as snapshot:
+            assert [sku["sku"] for sku in snapshot["skus"]] == ["SKU-1", "SKU-2"]
+            metrics = scrape(edge_http)
+            assert sample_value(metrics, "stocksync_edge_watchers") == 1
+            assert sample_value(metrics, "stocksync_edge_rooms") == 1
+            assert sample_value(metrics, "stocksync_edge_rooms_disconnected") == 0
         sim.terminate()
         assert sim.wait(30) == 0, (tmp_path / "sim.log").read_text()
         assert agent_status(db)["daemon_pid"] is None  # the agent stopped with it
+        assert edge.stop() == 0, edge.text()[-2000:]
     finally:
         if sim is not None and sim.poll() is None:
             sim.kill()
+        if edge is not None:
+            edge.stop()
         hub.stop()
 
 
@@ -807,6 +859,44 @@ def move_option(args: list[str], option: str, value: str) -> list[str]:
 def scrape(address: str) -> str:
     with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
         return str(reply.read().decode())
+
+
+def sample_value(text: str, name: str) -> float:
+    """The value of the sample ``name`` (without labels) in a /metrics text."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"no sample {name} in:\n{text}")
+
+
+def ready_http_port(child: Child, ready: Path) -> int | None:
+    """The HTTP port in the ready file ``child`` writes once it serves (None before)."""
+    child.check_alive()
+    try:
+        info = json.loads(ready.read_text())
+    except (OSError, ValueError):
+        return None
+    return int(info["http_port"]) if info.get("pid") == child.pid else None
+
+
+@contextlib.contextmanager
+def watch_room(http: str, room: str, token: str) -> Iterator[dict[str, Any]]:
+    """A viewer of ``room``'s Server-Sent Events at the HTTP listener ``http``
+    (a hub's or an edge's), with a bearer token: yields the room's snapshot,
+    and keeps watching until the block ends."""
+    request = urllib.request.Request(
+        f"http://{http}/rooms/{room}/events", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as events:
+        for raw in events:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                snapshot: dict[str, Any] = json.loads(line.removeprefix("data: "))
+                assert snapshot["type"] == "snapshot", snapshot
+                yield snapshot
+                return
+    raise AssertionError(f"room {room}'s events at {http} ended before a snapshot")
 
 
 @dataclass
