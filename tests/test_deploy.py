@@ -212,7 +212,7 @@ def test_scrape_jobs_and_rule_files() -> None:
     config = load_yaml(PROM / "prometheus.yml")
     assert config["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"stocksync-hub", "stocksync-agent"}
+    assert set(jobs) == {"stocksync-hub", "stocksync-agent", "stocksync-edge"}
     for job in jobs.values():
         for sd in job["file_sd_configs"]:
             for name in sd["files"]:
@@ -222,6 +222,12 @@ def test_scrape_jobs_and_rule_files() -> None:
     # Every agent target names its warehouse (AgentDown says which one).
     for targets in (PROM / "targets/agents.yml", DEPLOY / "compose/targets/agents.yml"):
         assert all(re.fullmatch(r"WH-\w+", g["labels"]["warehouse"]) for g in load_yaml(targets))
+    # An edge is scraped on its --http listener, the port the edge unit binds.
+    (exec_start,) = unit_settings("stocksync-edge.service")["ExecStart"]
+    http_port = re.search(r"--http \S+:(\d+)", exec_start)
+    assert http_port is not None
+    for group in load_yaml(PROM / "targets/edges.yml"):
+        assert all(target.endswith(f":{http_port[1]}") for target in group["targets"])
 
 
 def test_alert_rules_are_valid() -> None:
