@@ -1,8 +1,8 @@
 """deploy/ checked by the real tools: promtool on the Prometheus config, rules
 and their unit tests; systemd-analyze on the units; docker compose on the
 compose file (where each exists); and the files they point at, built or run.
-At the end, the units' command lines run a hub and an agent whose /metrics a
-real Prometheus scrapes with the shipped config (see that section).
+At the end, the units' command lines run a hub, an agent and a room edge whose
+/metrics a real Prometheus scrapes with the shipped config (see that section).
 
 On CI (``CI=true``) a missing tool fails the test: ``.ci/run`` installs
 Debian's prometheus package. Elsewhere it is skipped, saying which tool.
@@ -35,7 +35,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from stocksync.certs import init_ca, issue_agent, issue_hub
+from stocksync.auth import new_token
+from stocksync.certs import init_ca, issue_agent, issue_client, issue_hub
 from stocksync.tools.procs import AgentChild, Child, agent_status, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -819,24 +820,29 @@ def test_compose_services_run_here_without_containers(tmp_path: Path) -> None:
 
 # --- the units, the metrics and a real Prometheus, against running processes --
 #
-# One hub and one agent run exactly as the systemd units start them (their
-# ExecStart, the example configs, TLS from a credentials directory made by
-# ``stocksync-hub certs``, ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` as systemd
-# sets them), with only the addresses moved to free loopback ports and the
-# stores to a temporary folder. A second agent, whose hub never answers,
-# holds a known number of pending events. Then:
+# One hub, one agent and one room edge run exactly as the systemd units start
+# them (their ExecStart, the example configs, TLS from a credentials directory
+# made by ``stocksync-hub certs``, ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` as
+# systemd sets them), with only the addresses moved to free loopback ports and
+# the stores and the edge's files to a temporary folder. A second agent, whose
+# hub never answers, holds a known number of pending events; a viewer watches
+# a room at the edge. Then:
 #
-# - both tell the notify socket READY=1 and keep pinging WATCHDOG=1;
+# - all three tell the notify socket READY=1 and keep pinging WATCHDOG=1;
 # - every metric name the dashboard and the alert rules use is one they export
 #   (scraped from their /metrics and parsed by prometheus_client);
 # - a real Prometheus, with deploy/prometheus/prometheus.yml and alerts.yml
 #   as shipped (targets and intervals aside), scrapes them: PromQL answers the
-#   pending count and the connected agents, every dashboard expression
-#   evaluates without error, and every alert rule loads healthy.
+#   pending count, the connected agents and the edge's viewers and rooms,
+#   every dashboard expression evaluates without error, and every alert rule
+#   loads healthy.
 
 
 PENDING = 7
 """Events recorded at the warehouse whose hub never answers."""
+
+ROOM = "live-a"
+"""The room a viewer watches at the edge."""
 
 
 def free_port() -> int:
@@ -854,6 +860,19 @@ def unit_command(unit: str, credentials: Path) -> list[str]:
     line = line.replace("${CREDENTIALS_DIRECTORY}", str(credentials))
     line = re.sub(r"/etc/stocksync/(\w+\.toml)", lambda m: str(DEPLOY / "config" / m[1]), line)
     return line.split()
+
+
+def edge_unit_command(files: Path, hub: str) -> list[str]:
+    """The edge unit's ExecStart as systemd would run it here: this
+    virtualenv's entry point, its files (edge-tls, edge-client, viewers.toml)
+    from ``files`` instead of /etc/stocksync, the hub at ``hub``, and free
+    loopback ports."""
+    (line,) = unit_settings("stocksync-edge.service")["ExecStart"]
+    line = line.replace("/opt/stocksync/bin/", f"{BIN}/").replace("/etc/stocksync/", f"{files}/")
+    args = line.split()
+    for option, value in (("--hub", hub), ("--listen", "127.0.0.1:0"), ("--http", "127.0.0.1:0")):
+        args = move_option(args, option, value)
+    return args
 
 
 def move_option(args: list[str], option: str, value: str) -> list[str]:
@@ -963,8 +982,10 @@ class Running:
     hub_http: str
     lax_metrics: str
     fra_metrics: str
+    edge_http: str
     hub_pid: int
     lax_pid: int
+    edge_pid: int
     families: Families
     notify: NotifyListener
     children: list[Child]
@@ -1018,6 +1039,14 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     init_ca(tmp / "ca")
     issue_hub(tmp / "ca", tmp / "hub-creds", ["localhost", "127.0.0.1"])
     issue_agent(tmp / "ca", tmp / "lax-creds", "WH-LAX")
+    # The edge's files, where its unit reads them from /etc/stocksync.
+    issue_hub(tmp / "ca", tmp / "edge-tls", ["localhost", "127.0.0.1"])
+    issue_client(tmp / "ca", tmp / "edge-client", "edge-1", ["rooms:watch"])
+    token, digest = new_token()
+    (tmp / "viewers.toml").write_text(
+        f'[[token]]\nname = "viewer"\nsha256 = "{digest}"\nscopes = ["rooms:watch"]\n'
+    )
+    issue_client(tmp / "ca", tmp / "operator", "operator", ["admin"])
 
     notify = NotifyListener(tmp / "notify.sock")
     systemd_env = {"NOTIFY_SOCKET": str(tmp / "notify.sock"), "WATCHDOG_USEC": "2000000"}
@@ -1041,6 +1070,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     )
     children: list[Child] = [hub]
     closed: list[socket.socket] = []
+    viewers = contextlib.ExitStack()
     try:
 
         def hub_ready() -> dict[str, Any] | None:
@@ -1052,6 +1082,24 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
             return info
 
         info = wait_for(hub_ready, 60, "the hub to serve")
+        # A room, featured by an operator, and a viewer watching it at the edge.
+        hub_target = f"localhost:{info['port']}"
+        featured = run(
+            BIN / "stocksync-hub",
+            *("rooms", "feature", ROOM, "SKU-1", "--hub", hub_target, "--tls", tmp / "operator"),
+        )
+        assert featured.returncode == 0, featured.stderr
+        edge_ready = tmp / "edge.ready.json"
+        edge = Child(
+            "edge",
+            [*edge_unit_command(tmp, hub_target), "--ready-file", str(edge_ready)],
+            tmp / "edge.log",
+            env=systemd_env,
+        )
+        children.append(edge)
+        edge_port = wait_for(functools.partial(ready_http_port, edge, edge_ready), 60, "the edge")
+        edge_http = f"127.0.0.1:{edge_port}"
+        viewers.enter_context(watch_room(edge_http, ROOM, token))
         agent_args = move_option(
             unit_command("stocksync-agent.service", tmp / "lax-creds"), "--metrics", "127.0.0.1:0"
         )
@@ -1126,19 +1174,22 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         )
         hub_http = f"127.0.0.1:{info['http_port']}"
         families = Families()
-        for address in (hub_http, lax_status["metrics"], fra_status):
+        for address in (hub_http, lax_status["metrics"], fra_status, edge_http):
             families.add(scrape(address))
         yield Running(
             hub_http=hub_http,
             lax_metrics=lax_status["metrics"],
             fra_metrics=fra_status,
+            edge_http=edge_http,
             hub_pid=hub.pid,
             lax_pid=lax.pid,
+            edge_pid=edge.pid,
             families=families,
             notify=notify,
             children=children,
         )
     finally:
+        viewers.close()
         for child in reversed(children):
             child.stop()
         notify.close()
@@ -1150,14 +1201,13 @@ def test_units_start_ready_and_ping_the_watchdog(running: Running) -> None:
     """Type=notify with WatchdogSec: each daemon says READY=1 once it serves,
     then WATCHDOG=1 at least every WATCHDOG_USEC / 2."""
 
-    def pinged_twice() -> bool:
-        return all(
-            running.notify.lines(pid).count("WATCHDOG=1") >= 2
-            for pid in (running.hub_pid, running.lax_pid)
-        )
+    pids = (running.hub_pid, running.lax_pid, running.edge_pid)
 
-    wait_for(pinged_twice, 30, "two watchdog pings from the hub and the agent")
-    for pid in (running.hub_pid, running.lax_pid):
+    def pinged_twice() -> bool:
+        return all(running.notify.lines(pid).count("WATCHDOG=1") >= 2 for pid in pids)
+
+    wait_for(pinged_twice, 30, "two watchdog pings from the hub, the agent and the edge")
+    for pid in pids:
         lines = running.notify.lines(pid)
         assert "READY=1" in lines
         assert lines.index("READY=1") < lines.index("WATCHDOG=1")
@@ -1231,6 +1281,8 @@ def test_a_real_prometheus_scrapes_them_with_the_shipped_config(
         {"targets": [running.fra_metrics], "labels": {"warehouse": "WH-FRA"}},
     ]
     (tmp_path / "targets" / "agents.yml").write_text(yaml.safe_dump(agents))
+    edges = [{"targets": [running.edge_http]}]
+    (tmp_path / "targets" / "edges.yml").write_text(yaml.safe_dump(edges))
     port = free_port()
     server = Child(
         "prometheus",
@@ -1250,9 +1302,9 @@ def test_a_real_prometheus_scrapes_them_with_the_shipped_config(
                 up = promql(port, "up")
             except OSError:
                 return False  # not listening yet
-            return len(up) == 3 and all(r["value"][1] == "1" for r in up)
+            return len(up) == 4 and all(r["value"][1] == "1" for r in up)
 
-        wait_for(scraped, 60, "Prometheus to scrape the hub and both agents")
+        wait_for(scraped, 60, "Prometheus to scrape the hub, both agents and the edge")
         pending = 'stocksync_agent_pending_events{job="stocksync-agent"}'
         wait_for(lambda: len(promql(port, pending)) == 2, 30, "both agents' pending counts")
         answers = {
@@ -1262,11 +1314,23 @@ def test_a_real_prometheus_scrapes_them_with_the_shipped_config(
             ),
             'up{job="stocksync-agent"}': by_warehouse(promql(port, 'up{job="stocksync-agent"}')),
         }
+        for name in (
+            "stocksync_edge_watchers",
+            "stocksync_edge_rooms",
+            "stocksync_edge_rooms_disconnected",
+        ):
+            (answer,) = promql(port, f'{name}{{job="stocksync-edge"}}')
+            assert answer["metric"]["instance"] == running.edge_http
+            answers[name] = {"": float(answer["value"][1])}
         for expr, answer in answers.items():
             print(f"PromQL {expr} -> {answer}")
         assert answers[pending] == {"WH-LAX": 0.0, "WH-FRA": float(PENDING)}
         assert answers["stocksync_hub_connected_agents"] == {"": 1.0}
         assert answers['up{job="stocksync-agent"}'] == {"WH-LAX": 1.0, "WH-FRA": 1.0}
+        # the edge: one room followed for its one viewer, its stream to the hub up
+        assert answers["stocksync_edge_watchers"] == {"": 1.0}
+        assert answers["stocksync_edge_rooms"] == {"": 1.0}
+        assert answers["stocksync_edge_rooms_disconnected"] == {"": 0.0}
         # honor_labels: one warehouse label, never an exported_warehouse beside it
         assert promql(port, '{exported_warehouse!=""}') == []
         # every dashboard expression evaluates (no matching or type error at run time)
@@ -1292,5 +1356,5 @@ def test_units_say_stopping_on_sigterm(running: Running) -> None:
     """Last in this module: SIGTERM, as systemd stops a unit, and STOPPING=1."""
     for child in reversed(running.children):
         assert child.stop() == 0, child.text()[-2000:]
-    for pid in (running.hub_pid, running.lax_pid):
+    for pid in (running.hub_pid, running.lax_pid, running.edge_pid):
         assert "STOPPING=1" in running.notify.lines(pid)
