@@ -56,6 +56,8 @@ REQUIRED_ALERTS = {
     "Oversold",
     "HubDown",
     "WebhookFailing",
+    "RoomEdgeDown",
+    "RoomEdgeDisconnected",
 }
 PER_WAREHOUSE_ALERTS = {
     "AgentDisconnected",
@@ -68,6 +70,8 @@ PER_WAREHOUSE_ALERTS = {
     "StreamStalled",
 }
 """Alerts whose series carry a `warehouse` label: their summary must name it."""
+ROOM_EDGE_ALERTS = {"RoomEdgeDown", "RoomEdgeDisconnected"}
+"""Alerts about a room edge, whose series name it by `instance` alone."""
 
 DASHBOARD_GROUPS = (
     "Warehouses",
@@ -268,9 +272,20 @@ def test_the_required_alerts_exist_and_name_the_warehouse() -> None:
         if name in PER_WAREHOUSE_ALERTS:
             assert "{{ $labels.warehouse }}" in notes["summary"], name
             assert "{{ $labels.warehouse }}" in notes["description"], name
+        if name in ROOM_EDGE_ALERTS:
+            assert "{{ $labels.instance }}" in notes["summary"], name
+            assert "{{ $labels.instance }}" in notes["description"], name
     # HubDown lists every warehouse's outbox; WebhookFailing names its subscription.
     assert "Labels.warehouse" in rules["HubDown"]["annotations"]["description"]
     assert "{{ $labels.subscription }}" in rules["WebhookFailing"]["annotations"]["summary"]
+
+
+def test_every_alert_has_a_what_to_do_entry_in_the_readme() -> None:
+    """README "Alerts and what to do": one entry per rule, with its severity."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Alerts and what to do\n", 1)[1].split("\n### ", 1)[0]
+    entries = dict(re.findall(r"^- \*\*(\w+)\*\* \((page|ticket)\) — ", section, re.M))
+    assert entries == {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}
 
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
