@@ -80,6 +80,7 @@ DASHBOARD_GROUPS = (
     "Conflicts",
     "Reservations",
     "Rooms",
+    "Room edges",
     "Latency",
     "Webhooks",
 )
@@ -124,8 +125,16 @@ CATALOGUE = (
     "stocksync_webhook_deliveries_total",
     "stocksync_webhook_pending_deliveries",
     "stocksync_webhook_failing",
+    "stocksync_edge_watchers",
+    "stocksync_edge_rooms",
+    "stocksync_edge_rooms_disconnected",
+    "stocksync_edge_hub_reconnects_total",
+    "stocksync_edge_messages_received_total",
+    "stocksync_edge_messages_delivered_total",
+    "stocksync_edge_messages_coalesced_total",
 )
-"""The metrics of issue 8's catalogue (README "Metrics"): the dashboard shows each."""
+"""The metrics of issue 8's catalogue and the room edge's (README "Metrics"):
+the dashboard shows each."""
 
 
 def need(tool: str) -> str:
