@@ -34,7 +34,7 @@ from stocksync.agent.store import AgentStore, StoreError
 from stocksync.config import check_local_address
 from stocksync.errors import IncidentLog, InvalidArgument, Status, StocksyncError
 from stocksync.events import InvalidEvent, Kind, NewEvent, validate_new_event
-from stocksync.grpc_edge import DecodeGuard, enable_reflection, guarded
+from stocksync.grpc_edge import Wrapped, enable_reflection, guard_decoding, guarded
 from stocksync.v1 import agent_pb2, agent_pb2_grpc
 
 __all__ = ["MAX_RECORD_EVENTS", "LocalApi", "LocalApiError"]
@@ -157,7 +157,7 @@ class LocalApi:
         path = _socket_path(self.address)
         if path is not None:
             _refuse_live_socket(path)
-        server = grpc.aio.server(interceptors=[DecodeGuard()])
+        server = Wrapped(grpc.aio.server(), guard_decoding)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(_Recorder(self), server)
         checker = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(checker, server)

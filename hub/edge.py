@@ -38,7 +38,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from stocksync.auth import TokenFile
 from stocksync.errors import Status, StocksyncError
-from stocksync.grpc_edge import DecodeGuard, enable_reflection
+from stocksync.grpc_edge import Wrap, Wrapped, enable_reflection, guard_decoding
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.edge_metrics import EdgeMetrics
 from stocksync.hub.grpc_gate import Gate
@@ -447,10 +447,10 @@ class Edge:
         else:
             self.channel = grpc.aio.secure_channel(self.hub, self.upstream, options=options)
         self.rooms = EdgeRooms(self.channel, self.history, self.linger_s)
-        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeGuard()]
+        wraps: list[Wrap] = [guard_decoding]
         if self.serving is not None:
-            interceptors.insert(0, Gate(self.tokens, Admission(self.limits)))
-        server = grpc.aio.server(options=server_options(), interceptors=interceptors)
+            wraps.insert(0, Gate(self.tokens, Admission(self.limits)).wrap)
+        server = Wrapped(grpc.aio.server(options=server_options()), *wraps)
         rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(EdgeServicer(self.rooms), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name

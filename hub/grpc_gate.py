@@ -1,7 +1,7 @@
 """The hub's gRPC gate: who is calling, may they, and are they within their quotas.
 
-:class:`Gate` is a server interceptor that wraps every method. Before any
-service code runs it
+:class:`Gate` wraps every method's handler when the services are registered
+(:class:`stocksync.grpc_edge.Wrapped`). Before any service code runs it
 
 1. identifies the caller from the connection — the verified client
    certificate in the auth context, else a bearer token in the
@@ -28,7 +28,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import grpc
@@ -85,7 +85,7 @@ class _RefusalLog:
         self._seen[key] = (now, 0)
 
 
-class Gate(grpc.aio.ServerInterceptor):
+class Gate:
     """Identifies, authorizes and meters every call (see the module docs).
 
     Args:
@@ -132,24 +132,19 @@ class Gate(grpc.aio.ServerInterceptor):
         await context.abort(grpc.StatusCode[error.status.name], error.detail)
         raise AssertionError("unreachable")  # context.abort raises
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Wrap the method's behavior in the gate."""
-        handler: Any = await continuation(handler_call_details)
-        if handler is None or not hasattr(handler, "_replace"):
-            return handler  # type: ignore[no-any-return]
-        rule = rule_for(handler_call_details.method)
+    def wrap(self, method: str, handler: Any) -> Any:
+        """``handler`` of ``method`` with its behavior behind the gate (a
+        :data:`stocksync.grpc_edge.Wrap`; registered through
+        :class:`~stocksync.grpc_edge.Wrapped`)."""
+        if not hasattr(handler, "_replace"):
+            return handler
+        rule = rule_for(method)
         changes = {
             name: self._wrap(getattr(handler, name), rule)
             for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
             if getattr(handler, name) is not None
         }
-        return handler._replace(**changes)  # type: ignore[no-any-return]
+        return handler._replace(**changes)
 
     def _wrap(self, behavior: Any, rule: Rule) -> Any:
         admit = self.admit

@@ -33,7 +33,7 @@ from uuid6 import uuid7
 from stocksync.auth import TokenFile
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
-from stocksync.grpc_edge import DecodeGuard, enable_reflection
+from stocksync.grpc_edge import Wrap, Wrapped, enable_reflection, guard_decoding
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.clock import HubClock
 from stocksync.hub.grpc_gate import Gate
@@ -203,11 +203,11 @@ class Hub:
         self.metrics.last_seen_ms.update({r.warehouse: r.last_seen_ms for r in known})
         self.metrics.watch(self.streams, self.inventory, rooms, self.webhooks)
         # The gate goes first: a caller is identified before its request is looked at.
-        interceptors: list[grpc.aio.ServerInterceptor] = [DecodeGuard()]
+        wraps: list[Wrap] = [guard_decoding]
         if not self.config.insecure:
-            interceptors.insert(0, Gate(self.tokens, self.admission))
-        server = grpc.aio.server(
-            options=server_options(self.config.max_message_bytes), interceptors=interceptors
+            wraps.insert(0, Gate(self.tokens, self.admission).wrap)
+        server = Wrapped(
+            grpc.aio.server(options=server_options(self.config.max_message_bytes)), *wraps
         )
         sync_pb2_grpc.add_SyncServiceServicer_to_server(
             SyncServicer(

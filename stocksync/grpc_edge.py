@@ -7,9 +7,10 @@ server reflection.
   of the same name, with the error's detail and trailers. No service picks a
   code at its call site.
 - gRPC Python answers a request that does not parse with ``UNKNOWN`` and the
-  name of a Python exception class. :class:`DecodeGuard` wraps every method's
-  request deserializer so such a request gets ``INVALID_ARGUMENT`` and a
-  plain detail instead, before any service code runs.
+  name of a Python exception class. :func:`guard_decoding` wraps every
+  method's request deserializer so such a request gets ``INVALID_ARGUMENT``
+  and a plain detail instead, before any service code runs. Wraps like it
+  are applied once, when services are registered through :class:`Wrapped`.
 - Reflection is served as ``grpc.reflection.v1`` (what grpcurl and newer
   clients ask first) and ``v1alpha``; the two are the same messages under
   two names, so one servicer answers both.
@@ -30,11 +31,13 @@ from stocksync.errors import Status, StocksyncError
 
 __all__ = [
     "REFLECTION_V1",
-    "DecodeGuard",
     "Undecodable",
+    "Wrap",
+    "Wrapped",
     "abort",
     "enable_reflection",
     "grpc_code",
+    "guard_decoding",
     "guarded",
 ]
 
@@ -177,28 +180,108 @@ def _wrap_streaming(behavior: Any) -> Any:
     return unary
 
 
-class DecodeGuard(grpc.aio.ServerInterceptor):
-    """Answers requests that are not valid protobuf with INVALID_ARGUMENT."""
+Wrap = Callable[[str, Any], Any]
+"""Given a method's full name (``/package.Service/Method``) and its handler
+(a ``grpc.RpcMethodHandler``), the handler to serve the method with."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        """Wrap the method's deserializer and behavior."""
-        handler: Any = await continuation(handler_call_details)
-        if handler is None or not hasattr(handler, "_replace"):
-            return handler  # type: ignore[no-any-return]
-        changes: dict[str, Any] = {"request_deserializer": _safe(handler.request_deserializer)}
-        for name in ("unary_unary", "unary_stream"):
-            if getattr(handler, name) is not None:
-                changes[name] = _wrap_single(getattr(handler, name))
-        for name in ("stream_unary", "stream_stream"):
-            if getattr(handler, name) is not None:
-                changes[name] = _wrap_streaming(getattr(handler, name))
-        return handler._replace(**changes)  # type: ignore[no-any-return]
+
+def guard_decoding(method: str, handler: Any) -> Any:
+    """``handler`` with its request deserializer and behavior wrapped so that
+    a request that is not valid protobuf is answered INVALID_ARGUMENT."""
+    if not hasattr(handler, "_replace"):
+        return handler
+    changes: dict[str, Any] = {"request_deserializer": _safe(handler.request_deserializer)}
+    for name in ("unary_unary", "unary_stream"):
+        if getattr(handler, name) is not None:
+            changes[name] = _wrap_single(getattr(handler, name))
+    for name in ("stream_unary", "stream_stream"):
+        if getattr(handler, name) is not None:
+            changes[name] = _wrap_streaming(getattr(handler, name))
+    return handler._replace(**changes)
+
+
+class Wrapped(grpc.aio.Server):
+    """``server`` with every method's handler wrapped by ``wraps`` (the first
+    outermost), once, when its service is registered.
+
+    A server interceptor would do the same work on every call: look the
+    handler up through a chain of coroutines and wrap it again (on this
+    machine ~10 µs of server CPU per call and interceptor, against ~270 µs
+    for a whole unary echo call).
+
+    Args:
+        server: the server to serve with.
+        wraps: what to wrap each handler with.
+    """
+
+    def __init__(self, server: grpc.aio.Server, *wraps: Wrap) -> None:
+        self.server = server
+        self._wraps = wraps[::-1]
+
+    def wrap(self, method: str, handler: Any) -> Any:
+        """``handler`` of ``method`` with every wrap applied."""
+        for wrap in self._wraps:
+            handler = wrap(method, handler)
+        return handler
+
+    def add_generic_rpc_handlers(
+        self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]
+    ) -> None:
+        """As :meth:`grpc.aio.Server.add_generic_rpc_handlers`, wrapped."""
+        self.server.add_generic_rpc_handlers(
+            tuple(_WrappedGeneric(h, self.wrap) for h in generic_rpc_handlers)
+        )
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        """As :meth:`grpc.aio.Server.add_registered_method_handlers`, wrapped."""
+        self.server.add_registered_method_handlers(
+            service_name,
+            {
+                name: self.wrap(f"/{service_name}/{name}", handler)
+                for name, handler in method_handlers.items()
+            },
+        )
+
+    def add_insecure_port(self, address: str) -> int:
+        """As :meth:`grpc.aio.Server.add_insecure_port`."""
+        return self.server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        """As :meth:`grpc.aio.Server.add_secure_port`."""
+        return self.server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        """As :meth:`grpc.aio.Server.start`."""
+        await self.server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        """As :meth:`grpc.aio.Server.stop`."""
+        await self.server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        """As :meth:`grpc.aio.Server.wait_for_termination`."""
+        return await self.server.wait_for_termination(timeout)
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose methods' handlers are wrapped the first time
+    each method is asked for (generic handlers answer with the same handler
+    for a method every time)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler, wrap: Wrap) -> None:
+        self._inner = inner
+        self._wrap = wrap
+        self._handlers: dict[str, Any] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+        handler = self._handlers.get(method)
+        if handler is None:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:
+                return None
+            handler = self._handlers[method] = self._wrap(method, handler)
+        return handler
 
 
 def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:

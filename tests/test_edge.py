@@ -27,7 +27,7 @@ from securehub import Pki, cert_creds, hub_thread, token_creds
 from test_room_service import until
 from test_rooms import WH, Stock
 
-from stocksync.grpc_edge import DecodeGuard
+from stocksync.grpc_edge import Wrapped, guard_decoding
 from stocksync.hub.edge import Edge
 from stocksync.hub.room_service import RoomServicer, event_from_proto
 from stocksync.hub.rooms import Position, RoomEvent, Snapshot, SnapshotReason, Update
@@ -50,7 +50,7 @@ class FakeHubServer:
         self.port = 0
 
     async def start(self) -> FakeHubServer:
-        server = grpc.aio.server(interceptors=[DecodeGuard()])
+        server = Wrapped(grpc.aio.server(), guard_decoding)
         rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(RoomServicer(self.stock.rooms), server)
         self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
         await server.start()

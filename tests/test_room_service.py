@@ -21,7 +21,7 @@ import grpc
 import pytest
 from test_rooms import Stock
 
-from stocksync.grpc_edge import DecodeGuard
+from stocksync.grpc_edge import Wrapped, guard_decoding
 from stocksync.hub.room_service import RoomServicer, event_from_proto
 from stocksync.hub.rooms import (
     DisplayMode,
@@ -54,7 +54,7 @@ class Client(rooms_pb2_grpc.LiveRoomServiceStub):
 @contextlib.asynccontextmanager
 async def serving(stock: Stock) -> AsyncIterator[Client]:
     """A gRPC server on port 0 hosting the servicer over ``stock.rooms``; yields a client."""
-    server = grpc.aio.server(interceptors=[DecodeGuard()])
+    server = Wrapped(grpc.aio.server(), guard_decoding)
     rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(RoomServicer(stock.rooms), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
