@@ -344,6 +344,8 @@ def test_reserve_sells_out_exactly_and_compares_with_echo() -> None:
             0,
         )
         assert figures["oversold"] == 0 and figures["check"] == "ok"
+        assert figures["echo"]["server_cpu_us_per_call"] > 0
+        assert figures["reserve"]["server_cpu_us_per_call"] > 0
     # The row is the median of the rounds (of two: their mean).
     rates = [f["reserve"]["calls_per_s"] for f in rounds]
     assert result["rows"][0]["value"] == pytest.approx(sum(rates) / 2)

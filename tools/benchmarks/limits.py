@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -32,6 +32,7 @@ from stocksync.wire import batch_message
 __all__ = [
     "ECHO_METHOD",
     "STREAM_METHOD",
+    "EchoServer",
     "bidi_round_trips",
     "bidi_stream",
     "echo_server",
@@ -43,9 +44,17 @@ STREAM_METHOD = "/stocksync.bench.Echo/Stream"
 ACK = b"\x08" + (1).to_bytes(8, "little")
 
 
+class EchoServer(NamedTuple):
+    """A running echo server: where it listens and its process (for its CPU)."""
+
+    target: str
+    """HOST:PORT."""
+    pid: int
+
+
 @contextlib.contextmanager
-def echo_server() -> Iterator[str]:
-    """The echo server in a child process; yields its HOST:PORT, kills it after."""
+def echo_server() -> Iterator[EchoServer]:
+    """The echo server in a child process; kills it after."""
     child = subprocess.Popen(
         [sys.executable, "-m", "stocksync.tools.benchmarks.limits"],
         stdout=subprocess.PIPE,
@@ -56,7 +65,7 @@ def echo_server() -> Iterator[str]:
         line = child.stdout.readline().decode().strip()
         if not line.isdigit():
             raise RuntimeError(f"the echo server failed to start: {line!r}")
-        yield f"127.0.0.1:{line}"
+        yield EchoServer(f"127.0.0.1:{line}", child.pid)
     finally:
         child.kill()
         child.wait()
@@ -141,7 +150,7 @@ def bidi_stream(
     if target is not None:
         return asyncio.run(_bidi(target, batches, window))
     with echo_server() as started:
-        return asyncio.run(_bidi(started, batches, window))
+        return asyncio.run(_bidi(started.target, batches, window))
 
 
 async def _paced(target: str, batches: Sequence[tuple[int, bytes]], interval: float) -> list[float]:
@@ -170,8 +179,8 @@ async def _paced(target: str, batches: Sequence[tuple[int, bytes]], interval: fl
 def bidi_round_trips(batches: Sequence[tuple[int, bytes]], interval: float) -> dict[str, Any]:
     """``batches`` sent one every ``interval`` seconds on one bidi stream; each
     one's send → ack time (the transport's share of a latency)."""
-    with echo_server() as target:
-        return latency_summary(asyncio.run(_paced(target, batches, interval)))
+    with echo_server() as server:
+        return latency_summary(asyncio.run(_paced(server.target, batches, interval)))
 
 
 if __name__ == "__main__":

@@ -173,11 +173,11 @@ def run(
     out: dict[str, Any] = {}
     say(f"record: raw sqlite3, {singles} single-event transactions")
     out["raw_singles"] = raw_singles(workdir / "raw-singles.db", singles)
-    with echo_server() as target:
+    with echo_server() as server:
         request = agent_pb2.RecordRequest(
             events=[agent_pb2.NewEvent(sku="SKU-1", kind=sync_pb2.EVENT_KIND_RECEIVE, quantity=1)]
         ).SerializeToString()
-        out["echo"] = asyncio.run(_echo_calls(target, singles, request))
+        out["echo"] = asyncio.run(_echo_calls(server.target, singles, request))
 
     db = workdir / "agent.db"
     sock = workdir / "api.sock"

@@ -17,8 +17,12 @@ One run, over loopback:
   returns what it gets: what gRPC on this machine can do at best.
 
 Both are timed from the first call until every caller is done; the latency of
-each call is taken around the call. The callers share ``CHANNELS`` TCP
-connections, as a shop's checkout servers behind a few proxies would.
+each call is taken around the call. The server's CPU per call (the hub's
+process, or the echo server's; user + system over the same span) says how
+much of the difference is the server's own work: on two cores the callers'
+process shares the machine, so calls/s alone moves with everything else.
+The callers share ``CHANNELS`` TCP connections, as a shop's checkout servers
+behind a few proxies would.
 Afterwards the hub's ``GetStock`` and ``stocksync-hub check`` say whether
 anything was oversold: granted units beyond the units there were (must be 0).
 """
@@ -34,7 +38,7 @@ from typing import Any
 
 import grpc
 
-from stocksync.tools.benchmarks.common import Against, Row, Scenario
+from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s
 from stocksync.tools.benchmarks.limits import ECHO_METHOD, echo_server
 from stocksync.tools.procs import AgentChild, HubChild, command, wait_for
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
@@ -101,6 +105,11 @@ async def _callers(
     }
 
 
+def _per_call(cpu_seconds: float, figures: dict[str, Any]) -> float:
+    """Microseconds of a server's CPU per call made."""
+    return round(1e6 * cpu_seconds / int(figures["calls"]), 1)
+
+
 def _payload(room: str) -> bytes:
     """A ReserveRequest for one unit of SKU in ``room``, without its key."""
     request = inventory_pb2.ReserveRequest(room_id=room)
@@ -134,8 +143,10 @@ def _seed(workdir: Path, units: int) -> list[Path]:
 def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any]:
     """Echo, then reserve, with the same callers; the figures of both and the outcome."""
     payload = _payload("live-bench")
-    with echo_server() as echo_target:
-        echo = asyncio.run(_callers(echo_target, ECHO_METHOD, callers, attempts, payload))
+    with echo_server() as server:
+        cpu0 = cpu_s(server.pid)
+        echo = asyncio.run(_callers(server.target, ECHO_METHOD, callers, attempts, payload))
+        echo["server_cpu_us_per_call"] = _per_call(cpu_s(server.pid) - cpu0, echo)
 
     dbs = _seed(workdir, units)
     hub = HubChild(workdir / "hub.db", workdir / "hub.log")
@@ -145,6 +156,7 @@ def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any
         for warehouse, db in zip(WAREHOUSES, dbs, strict=True):
             agents.append(AgentChild(warehouse, db, hub.target, workdir / f"{warehouse}.log"))
         wait_for(lambda: _stock(hub.target).sellable == units, 60, "the hub to hold the units")
+        cpu0 = cpu_s(hub.pid)
         reserve = asyncio.run(
             _callers(
                 hub.target,
@@ -154,6 +166,7 @@ def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any
                 payload,
             )
         )
+        reserve["server_cpu_us_per_call"] = _per_call(cpu_s(hub.pid) - cpu0, reserve)
         after = _stock(hub.target)
         check = subprocess.run(
             [*command("stocksync-hub"), "check", "--db", str(hub.db)],
@@ -213,6 +226,12 @@ def scenario(callers: int, attempts: int, units: int, workdir: Path, rounds: int
                 median("reserve", "p99_ms"),
                 "ms",
                 [Against("grpc.aio unary echo p99", median("echo", "p99_ms"))],
+            ),
+            Row(
+                f"{size}: server CPU per call{of}",
+                median("reserve", "server_cpu_us_per_call"),
+                "us",
+                [Against("grpc.aio unary echo server", median("echo", "server_cpu_us_per_call"))],
             ),
             Row(
                 f"oversold units (check: {check})",
