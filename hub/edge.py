@@ -14,7 +14,10 @@ per SKU. Edges run on other cores or machines, as many as the viewers need.
 The hub going away does not end a viewer's stream: the edge resumes from
 the last position it has (tenacity backoff) and passes on what the hub
 answers — the missed messages, or a snapshot of the hub's new epoch. A room
-that ends at the hub ends at the edge.
+that ends at the hub ends at the edge. A room the hub refuses the edge (its
+certificate lacks ``rooms:watch``, say) is not tried again: its viewers get
+``UNAVAILABLE`` naming the hub's answer, and :attr:`EdgeRooms.refusals`
+counts it.
 
 A room's upstream stream opens with its first viewer and closes
 :data:`LINGER_S` after its last one leaves.
@@ -62,7 +65,7 @@ from stocksync.hub.rooms import (
 from stocksync.metrics import metrics_handler
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 
-__all__ = ["LINGER_S", "Edge", "EdgeRooms", "EdgeServicer", "UpstreamError"]
+__all__ = ["LINGER_S", "REFUSALS", "Edge", "EdgeRooms", "EdgeServicer", "UpstreamError"]
 
 log = logging.getLogger("stocksync.edge")
 
@@ -81,6 +84,10 @@ _FINAL = {
     grpc.StatusCode.UNIMPLEMENTED,
 }
 """Upstream statuses that trying again does not change."""
+
+REFUSALS = tuple(sorted(c.name for c in _FINAL - {grpc.StatusCode.NOT_FOUND}))
+"""The hub's answers that refuse the edge a room (NOT_FOUND is the room's own
+end, not a refusal): the codes of ``stocksync_edge_hub_refusals_total``."""
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]
@@ -148,6 +155,10 @@ class EdgeRooms:
         self.published = self.delivered = self.coalesced = 0
         self.reconnects = 0
         """Room streams to the hub lost and tried again."""
+        self.refusals = dict.fromkeys(REFUSALS, 0)
+        """Rooms the hub refused this edge, by status name."""
+        self._hub_connected_at = time.time()
+        """The last moment a room's stream was up (or none was wanted)."""
         self.observe_delivery: Callable[[float], None] | None = None
         self._mirrors: dict[str, _Mirror] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -163,6 +174,28 @@ class EdgeRooms:
     def disconnected(self) -> int:
         """Rooms followed whose stream to the hub is down now."""
         return sum(1 for m in self._mirrors.values() if not m.connected)
+
+    def hub_last_connected(self) -> float:
+        """Unix time the edge last had a working stream to the hub: now while
+        a room's stream is up (or no room is followed, so none is missing),
+        else the moment the last one went down.
+
+        Unlike :attr:`reconnects`, which climbs on every retry, this stands
+        still only while the edge cannot reach the hub at all: streams that
+        break and resume keep it current.
+        """
+        if self._hub_ok():
+            return time.time()
+        return self._hub_connected_at
+
+    def _hub_ok(self) -> bool:
+        return not self._mirrors or any(m.connected for m in self._mirrors.values())
+
+    def _hub_may_fail(self) -> None:
+        """Called before each change that can end the hub's "now" (a stream
+        lost, a room followed, a room gone): remembers when it last held."""
+        if self._hub_ok():
+            self._hub_connected_at = time.time()
 
     async def subscribe(self, room_id: str, start: Position | None = None) -> Subscription:
         """Watch a room, as :meth:`RoomHub.subscribe` does at the hub.
@@ -211,6 +244,7 @@ class EdgeRooms:
     # -- following the hub --------------------------------------------------------------
 
     def _follow(self, room_id: str) -> _Mirror:
+        self._hub_may_fail()
         mirror = self._mirrors[room_id] = _Mirror(room_id, deque(maxlen=self.history))
         mirror.task = asyncio.create_task(self._run(mirror), name=f"edge-room-{room_id}")
         return mirror
@@ -238,6 +272,7 @@ class EdgeRooms:
                 log.warning(
                     "the hub refuses room %s to this edge: %s: %s", mirror.room, code.name, detail
                 )
+                self.refusals[code.name] = self.refusals.get(code.name, 0) + 1
                 error = UpstreamError(
                     Status.UNAVAILABLE,
                     f"the hub refused this edge room {mirror.room!r}: {code.name}: {detail}",
@@ -258,6 +293,7 @@ class EdgeRooms:
             call.cancel()
 
     def _lost(self, mirror: _Mirror, state: tenacity.RetryCallState) -> None:
+        self._hub_may_fail()
         mirror.connected = False
         self.reconnects += 1
         error = state.outcome.exception() if state.outcome is not None else None
@@ -303,6 +339,7 @@ class EdgeRooms:
             watcher._push(event)
 
     def _ended(self, mirror: _Mirror, error: StocksyncError) -> None:
+        self._hub_may_fail()
         mirror.error = error
         mirror.ready.set()
         for watcher in list(mirror.watchers):
@@ -334,6 +371,7 @@ class EdgeRooms:
             task.add_done_callback(self._tasks.discard)
 
     async def _drop(self, mirror: _Mirror) -> None:
+        self._hub_may_fail()
         if mirror.linger is not None:
             mirror.linger.cancel()
             mirror.linger = None

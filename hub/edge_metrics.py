@@ -1,7 +1,8 @@
 """A room edge's metrics, served at ``/metrics`` on its HTTP listener (``--http``).
 
 Everything is read from the edge's rooms when Prometheus scrapes: viewers,
-rooms followed, rooms whose stream to the hub is down, and the message
+rooms followed, rooms whose stream to the hub is down, when the edge last
+had a working stream to the hub, reconnects and refusals, and the message
 counters (received from the hub, delivered to viewers, merged for slow
 ones). The names are in the README's metrics table with the agent's and
 the hub's.
@@ -39,6 +40,20 @@ RECONNECTS = Spec(
     (),
     "Room streams to the hub lost and tried again.",
 )
+LAST_CONNECTED = Spec(
+    "stocksync_edge_hub_last_connected_timestamp_seconds",
+    "gauge",
+    (),
+    "Unix time this edge last had a working stream to the hub (the scrape's time while a "
+    "room's stream is up, or no room is followed).",
+)
+REFUSALS = Spec(
+    "stocksync_edge_hub_refusals_total",
+    "counter",
+    ("code",),
+    "Rooms the hub refused this edge, by gRPC status: PERMISSION_DENIED, UNAUTHENTICATED, "
+    "INVALID_ARGUMENT, UNIMPLEMENTED (not retried; the room's viewers here get UNAVAILABLE).",
+)
 RECEIVED = Spec(
     "stocksync_edge_messages_received_total",
     "counter",
@@ -63,7 +78,9 @@ SPECS = (
     WATCHERS,
     ROOMS,
     ROOMS_DISCONNECTED,
+    LAST_CONNECTED,
     RECONNECTS,
+    REFUSALS,
     RECEIVED,
     DELIVERED,
     COALESCED,
@@ -84,7 +101,9 @@ class EdgeMetrics:
         yield WATCHERS.family([((), rooms.watcher_count())])
         yield ROOMS.family([((), len(rooms.mirrored()))])
         yield ROOMS_DISCONNECTED.family([((), rooms.disconnected())])
+        yield LAST_CONNECTED.family([((), rooms.hub_last_connected())])
         yield RECONNECTS.family([((), rooms.reconnects)])
+        yield REFUSALS.family([((code,), n) for code, n in sorted(rooms.refusals.items())])
         yield RECEIVED.family([((), rooms.published)])
         yield DELIVERED.family([((), rooms.delivered)])
         yield COALESCED.family([((), rooms.coalesced)])

@@ -14,6 +14,7 @@ import contextlib
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -425,7 +426,7 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             proc.wait(30)
         assert proc.returncode == 0
         # An edge whose certificate may not watch rooms: its viewers are told
-        # why, and the edge says it once.
+        # why, the edge says it once, and counts it for Prometheus.
         shop = pki.client("shop", "inventory:reserve")
         misconfigured = tls_edge(pki, hub.mtls, shop, ready)
         try:
@@ -441,6 +442,17 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             assert "the hub refused this edge room 'room-a': PERMISSION_DENIED" in (
                 e.value.details() or ""
             )
+            from metrics_scrape import Scrape
+
+            http_port = json.loads(ready.read_text())["http_port"]
+            scrape = Scrape(f"http://127.0.0.1:{http_port}/metrics")
+            refusals = "stocksync_edge_hub_refusals_total"
+            assert scrape.get(refusals, code="PERMISSION_DENIED") == 1
+            assert scrape.get(refusals, code="UNAUTHENTICATED") == 0
+            # Refused is not disconnected: the room is not followed, nor retried.
+            assert scrape.get("stocksync_edge_rooms") == 0
+            assert scrape.get("stocksync_edge_rooms_disconnected") == 0
+            assert scrape.get("stocksync_edge_hub_reconnects_total") == 0
         finally:
             misconfigured.terminate()
             _, err = misconfigured.communicate(timeout=30)
@@ -492,6 +504,7 @@ def test_an_edge_exports_its_viewers_rooms_and_hub_link_to_prometheus() -> None:
     from metrics_scrape import Scrape, check_spec
 
     from stocksync.hub import edge_metrics
+    from stocksync.hub.edge import REFUSALS
 
     async def go() -> None:
         stock = Stock()
@@ -506,6 +519,12 @@ def test_an_edge_exports_its_viewers_rooms_and_hub_link_to_prometheus() -> None:
             for spec in edge_metrics.SPECS:
                 check_spec(first, spec)
             assert first.get("stocksync_edge_watchers") == 0
+            for code in REFUSALS:  # each at 0 from the start, and explained
+                assert first.get("stocksync_edge_hub_refusals_total", code=code) == 0
+                assert code in edge_metrics.REFUSALS.help
+            last_connected = "stocksync_edge_hub_last_connected_timestamp_seconds"
+            # No room followed yet: none is missing, so the scrape's time.
+            assert time.time() - 5 < first.get(last_connected) <= time.time()
             info = first.families["stocksync_build_info"].samples[0]
             assert (info.labels["role"], info.value) == ("edge", 1)
             viewers = [Viewer(stub) for _ in range(3)]
@@ -518,12 +537,29 @@ def test_an_edge_exports_its_viewers_rooms_and_hub_link_to_prometheus() -> None:
             assert now.get("stocksync_edge_rooms_disconnected") == 0
             assert now.get("stocksync_edge_messages_received_total") == 2  # snapshot, update
             assert now.get("stocksync_edge_messages_delivered_total") == 6
+            assert time.time() - 5 < now.get(last_connected) <= time.time()
+            rooms = edge.rooms
+            assert rooms is not None
+            up_until = time.time()
             await hub.stop()
-            await until(lambda: edge.rooms is not None and edge.rooms.reconnects, "a reconnect")
+            await until(lambda: rooms.reconnects >= 3, "three reconnects")
             down = await scrape()
             assert down.get("stocksync_edge_rooms_disconnected") == 1
-            assert down.get("stocksync_edge_hub_reconnects_total") >= 1
+            assert down.get("stocksync_edge_hub_reconnects_total") >= 3
             assert down.get("stocksync_edge_watchers") == 3  # their streams stay open
+            # Every retry counts a reconnect; the last working stream stays
+            # where the hub went away.
+            lost_at = down.get(last_connected)
+            assert up_until <= lost_at < time.time()
+            await until(lambda: rooms.reconnects >= 5, "more reconnects")
+            assert (await scrape()).get(last_connected) == lost_at
+            hub.stock = stock = stock.restart()
+            await hub.start()
+            await until(lambda: rooms.disconnected() == 0, "the room's stream back")
+            back = await scrape()
+            assert back.get("stocksync_edge_rooms_disconnected") == 0
+            back_at = back.get(last_connected)
+            assert lost_at < back_at and time.time() - 5 < back_at <= time.time()
             for v in viewers:
                 await v.close()
 
