@@ -58,6 +58,7 @@ REQUIRED_ALERTS = {
     "WebhookFailing",
     "RoomEdgeDown",
     "RoomEdgeDisconnected",
+    "RoomEdgeRefused",
 }
 PER_WAREHOUSE_ALERTS = {
     "AgentDisconnected",
@@ -70,7 +71,7 @@ PER_WAREHOUSE_ALERTS = {
     "StreamStalled",
 }
 """Alerts whose series carry a `warehouse` label: their summary must name it."""
-ROOM_EDGE_ALERTS = {"RoomEdgeDown", "RoomEdgeDisconnected"}
+ROOM_EDGE_ALERTS = {"RoomEdgeDown", "RoomEdgeDisconnected", "RoomEdgeRefused"}
 """Alerts about a room edge, whose series name it by `instance` alone."""
 
 DASHBOARD_GROUPS = (
@@ -212,6 +213,13 @@ def metric_names(expr: str) -> set[str]:
     return set(re.findall(r"\b(stocksync_[a-zA-Z0-9_:]+|up)\b", expr))
 
 
+def annotation_queries(text: str) -> list[str]:
+    """The PromQL an alert's annotation runs: `query "EXPR"`, or
+    `printf "EXPR" ... | query` (a label of the alert filled in)."""
+    found = re.findall(r'query "([^"]+)"|printf "([^"]+)"[^}]*\| query', text)
+    return [plain or formatted for plain, formatted in found]
+
+
 # --- Prometheus ----------------------------------------------------------------
 
 
@@ -284,6 +292,11 @@ def test_the_required_alerts_exist_and_name_the_warehouse() -> None:
         if name in ROOM_EDGE_ALERTS:
             assert "{{ $labels.instance }}" in notes["summary"], name
             assert "{{ $labels.instance }}" in notes["description"], name
+    # A refusal names the hub's answer (the edge's log has its detail).
+    assert "{{ $labels.code }}" in rules["RoomEdgeRefused"]["annotations"]["summary"]
+    # A disconnected edge says when it last had a working stream to the hub.
+    (query,) = annotation_queries(rules["RoomEdgeDisconnected"]["annotations"]["description"])
+    assert metric_names(query) == {"stocksync_edge_hub_last_connected_timestamp_seconds"}
     # HubDown lists every warehouse's outbox; WebhookFailing names its subscription.
     assert "Labels.warehouse" in rules["HubDown"]["annotations"]["description"]
     assert "{{ $labels.subscription }}" in rules["WebhookFailing"]["annotations"]["summary"]
@@ -1247,7 +1260,7 @@ def test_every_metric_in_the_dashboard_and_alerts_is_exported(running: Running) 
         for name in metric_names(rule["expr"]):
             used.setdefault(name, f"alert {rule['alert']}: {rule['expr']}")
         for text in rule["annotations"].values():
-            for query in re.findall(r'query "([^"]+)"', text):
+            for query in annotation_queries(text):
                 for name in metric_names(query):
                     used.setdefault(name, f"alert {rule['alert']} annotation: {query}")
     missing = {
@@ -1355,6 +1368,17 @@ def test_a_real_prometheus_scrapes_them_with_the_shipped_config(
         assert answers["stocksync_edge_watchers"] == {"": 1.0}
         assert answers["stocksync_edge_rooms"] == {"": 1.0}
         assert answers["stocksync_edge_rooms_disconnected"] == {"": 0.0}
+        # every refusal code from the first scrape (RoomEdgeRefused's increase()
+        # sees the first one), none counted; its stream to the hub works now
+        refusals = promql(port, 'stocksync_edge_hub_refusals_total{job="stocksync-edge"}')
+        assert {r["metric"]["code"]: r["value"][1] for r in refusals} == {
+            "INVALID_ARGUMENT": "0",
+            "PERMISSION_DENIED": "0",
+            "UNAUTHENTICATED": "0",
+            "UNIMPLEMENTED": "0",
+        }
+        (since,) = promql(port, "time() - stocksync_edge_hub_last_connected_timestamp_seconds")
+        assert float(since["value"][1]) < 30, since
         # honor_labels: one warehouse label, never an exported_warehouse beside it
         assert promql(port, '{exported_warehouse!=""}') == []
         # every dashboard expression evaluates (no matching or type error at run time)
