@@ -12,6 +12,7 @@ machine is shared. The NATS JetStream peer runs where NATS answers at
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -22,11 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from conftest import HUB, run_cli, wait_until
 
 from stocksync.events import EventRow, validate_new_event
 from stocksync.tools.benchmarks.catchup import format_table, make_events, raw_apply
+from stocksync.tools.benchmarks.limits import DURABLE_METHOD, echo_server
 
 
 @pytest.fixture(scope="module")
@@ -344,11 +347,27 @@ def test_reserve_sells_out_exactly_and_compares_with_echo() -> None:
             0,
         )
         assert figures["oversold"] == 0 and figures["check"] == "ok"
+        assert figures["durable_echo"]["codes"] == {"OK": 300}
         assert figures["echo"]["server_cpu_us_per_call"] > 0
+        assert figures["durable_echo"]["server_cpu_us_per_call"] > 0
         assert figures["reserve"]["server_cpu_us_per_call"] > 0
     # The row is the median of the rounds (of two: their mean).
     rates = [f["reserve"]["calls_per_s"] for f in rounds]
     assert result["rows"][0]["value"] == pytest.approx(sum(rates) / 2)
+
+
+def test_the_durable_echo_answers_each_call_once_it_is_committed(tmp_path: Path) -> None:
+    async def calls(target: str) -> list[bytes]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.unary_unary(DURABLE_METHOD)
+            return list(await asyncio.gather(*(call(f"c{i}".encode()) for i in range(50))))
+
+    db = tmp_path / "durable.db"
+    with echo_server(db) as server:
+        answers = asyncio.run(calls(server.target))
+        with sqlite3.connect(db) as conn:
+            committed = sorted(row[0] for row in conn.execute("SELECT body FROM calls"))
+    assert sorted(answers) == committed == sorted(f"c{i}".encode() for i in range(50))
 
 
 def test_footprint_measures_both_daemons() -> None:

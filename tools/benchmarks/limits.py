@@ -2,6 +2,13 @@
 
 - **unary echo** (``/stocksync.bench.Echo/Echo``): returns the request bytes.
   Held against ``Reserve`` and the local API's ``Record``.
+- **durable unary echo** (``/stocksync.bench.Echo/Durable``, when the server
+  is given a database file): returns the request bytes once they are
+  committed to a raw sqlite3 table (WAL, ``synchronous=FULL``, as the hub's
+  store), the calls waiting meanwhile committed together on one thread, as
+  the hub's writer groups commands. What answering only once durable costs
+  over gRPC at its rawest: the call's handler must wait (a plain echo never
+  does), and a commit runs per group. Shown beside the echo for ``Reserve``.
 - **bidi stream** (``/stocksync.bench.Echo/Stream``): reads each message and
   answers a 9-byte ack, as the hub acks a batch; the client keeps as many
   batches in flight as the agent's window allows. Held against catch-up and
@@ -9,7 +16,7 @@
 - The server-stream fan-out is :class:`~stocksync.tools.benchmarks.fanout.PlainFanout`;
   the raw sqlite3 apply is :func:`~stocksync.tools.benchmarks.catchup.raw_apply`.
 
-The server runs as ``python -m stocksync.tools.benchmarks.limits``, which
+The server runs as ``python -m stocksync.tools.benchmarks.limits [DB]``, which
 prints its port and serves until killed; :func:`echo_server` starts and stops it.
 """
 
@@ -21,15 +28,19 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import grpc
 
 from stocksync.events import EventRow
+from stocksync.sqlite import connect
 from stocksync.tools.benchmarks.common import latency_summary
 from stocksync.wire import batch_message
 
 __all__ = [
+    "DURABLE_METHOD",
     "ECHO_METHOD",
     "STREAM_METHOD",
     "EchoServer",
@@ -40,6 +51,7 @@ __all__ = [
 ]
 
 ECHO_METHOD = "/stocksync.bench.Echo/Echo"
+DURABLE_METHOD = "/stocksync.bench.Echo/Durable"
 STREAM_METHOD = "/stocksync.bench.Echo/Stream"
 ACK = b"\x08" + (1).to_bytes(8, "little")
 
@@ -53,10 +65,11 @@ class EchoServer(NamedTuple):
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[EchoServer]:
-    """The echo server in a child process; kills it after."""
+def echo_server(db: Path | None = None) -> Iterator[EchoServer]:
+    """The echo server in a child process (serving the durable echo too if
+    given ``db``, a database file to create); kills it after."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "stocksync.tools.benchmarks.limits"],
+        [sys.executable, "-m", "stocksync.tools.benchmarks.limits", *([str(db)] if db else [])],
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
@@ -71,8 +84,51 @@ def echo_server() -> Iterator[EchoServer]:
         child.wait()
 
 
-async def _serve() -> None:
+class _GroupCommit:
+    """Requests committed to a raw sqlite3 table, those waiting together in
+    one transaction on one thread; each call answered once its group is durable."""
+
+    def __init__(self, db: str) -> None:
+        self.conn = connect(db, "FULL")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS calls (body BLOB NOT NULL)")
+        self.waiting: list[tuple[bytes, asyncio.Future[None]]] = []
+        self.wake = asyncio.Event()
+        self.thread = ThreadPoolExecutor(max_workers=1)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            group, self.waiting = self.waiting, []
+            await loop.run_in_executor(self.thread, self._commit, [body for body, _ in group])
+            for _, future in group:
+                future.set_result(None)
+
+    def _commit(self, bodies: list[bytes]) -> None:
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany("INSERT INTO calls (body) VALUES (?)", [(b,) for b in bodies])
+
+    async def durable(self, request: bytes) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((request, future))
+        self.wake.set()
+        await future
+
+
+async def _serve(db: str | None) -> None:
     server = grpc.aio.server()
+    methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    if db is not None:
+        commits = _GroupCommit(db)
+        committer = asyncio.ensure_future(commits.run())
+
+        async def durable(request: bytes, context: Any) -> bytes:
+            await commits.durable(request)
+            return request
+
+        methods["Durable"] = grpc.unary_unary_rpc_method_handler(durable)
 
     async def echo(request: bytes, context: Any) -> bytes:
         return request
@@ -86,6 +142,7 @@ async def _serve() -> None:
         {
             "Echo": grpc.unary_unary_rpc_method_handler(echo),
             "Stream": grpc.stream_stream_rpc_method_handler(stream),
+            **methods,
         },
     )
     server.add_generic_rpc_handlers((handler,))
@@ -93,6 +150,8 @@ async def _serve() -> None:
     await server.start()
     print(port, flush=True)
     await server.wait_for_termination()
+    if db is not None:
+        committer.cancel()
 
 
 def sync_batches(rows: Sequence[EventRow], batch: int) -> list[tuple[int, bytes]]:
@@ -184,4 +243,4 @@ def bidi_round_trips(batches: Sequence[tuple[int, bytes]], interval: float) -> d
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve())
+    asyncio.run(_serve(sys.argv[1] if len(sys.argv) > 1 else None))

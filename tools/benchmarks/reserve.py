@@ -14,7 +14,11 @@ One run, over loopback:
   (``RESOURCE_EXHAUSTED``), as in a sell-out.
 - **echo**: the same callers, the same number of calls with the same request
   bytes, against a bare grpc.aio unary method in a process of its own that
-  returns what it gets: what gRPC on this machine can do at best.
+  returns what it gets: what gRPC on this machine can do at best. The target
+  is held against it.
+- **durable echo**: the same again, each request answered only once it is
+  committed to a raw sqlite3 table, the waiting ones together (as the hub's
+  writer commits a group): what answering once durable costs at its rawest.
 
 Both are timed from the first call until every caller is done; the latency of
 each call is taken around the call. The server's CPU per call (the hub's
@@ -39,7 +43,7 @@ from typing import Any
 import grpc
 
 from stocksync.tools.benchmarks.common import Against, Row, Scenario, cpu_s
-from stocksync.tools.benchmarks.limits import ECHO_METHOD, echo_server
+from stocksync.tools.benchmarks.limits import DURABLE_METHOD, ECHO_METHOD, echo_server
 from stocksync.tools.procs import AgentChild, HubChild, command, wait_for
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc
 
@@ -143,10 +147,13 @@ def _seed(workdir: Path, units: int) -> list[Path]:
 def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any]:
     """Echo, then reserve, with the same callers; the figures of both and the outcome."""
     payload = _payload("live-bench")
-    with echo_server() as server:
+    with echo_server(workdir / "durable-echo.db") as server:
         cpu0 = cpu_s(server.pid)
         echo = asyncio.run(_callers(server.target, ECHO_METHOD, callers, attempts, payload))
-        echo["server_cpu_us_per_call"] = _per_call(cpu_s(server.pid) - cpu0, echo)
+        cpu1 = cpu_s(server.pid)
+        echo["server_cpu_us_per_call"] = _per_call(cpu1 - cpu0, echo)
+        durable = asyncio.run(_callers(server.target, DURABLE_METHOD, callers, attempts, payload))
+        durable["server_cpu_us_per_call"] = _per_call(cpu_s(server.pid) - cpu1, durable)
 
     dbs = _seed(workdir, units)
     hub = HubChild(workdir / "hub.db", workdir / "hub.log")
@@ -183,6 +190,7 @@ def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any
         "attempts": attempts,
         "units": units,
         "echo": echo,
+        "durable_echo": durable,
         "reserve": reserve,
         "ratio": round(reserve["calls_per_s"] / echo["calls_per_s"], 2),
         "granted_units": granted,
@@ -218,20 +226,34 @@ def scenario(callers: int, attempts: int, units: int, workdir: Path, rounds: int
                 f"{size}: reserves/s{of}",
                 median("reserve", "calls_per_s"),
                 "calls/s",
-                [Against("grpc.aio unary echo, same callers", median("echo", "calls_per_s"))],
+                [
+                    Against("grpc.aio unary echo, same callers", median("echo", "calls_per_s")),
+                    Against(
+                        "the same, answered once group-committed to sqlite3",
+                        median("durable_echo", "calls_per_s"),
+                    ),
+                ],
                 ">= 0.6 x unary echo",
             ),
             Row(
                 f"{size}: p99 per call{of}",
                 median("reserve", "p99_ms"),
                 "ms",
-                [Against("grpc.aio unary echo p99", median("echo", "p99_ms"))],
+                [
+                    Against("grpc.aio unary echo p99", median("echo", "p99_ms")),
+                    Against("durable echo p99", median("durable_echo", "p99_ms")),
+                ],
             ),
             Row(
                 f"{size}: server CPU per call{of}",
                 median("reserve", "server_cpu_us_per_call"),
                 "us",
-                [Against("grpc.aio unary echo server", median("echo", "server_cpu_us_per_call"))],
+                [
+                    Against("grpc.aio unary echo server", median("echo", "server_cpu_us_per_call")),
+                    Against(
+                        "durable echo server", median("durable_echo", "server_cpu_us_per_call")
+                    ),
+                ],
             ),
             Row(
                 f"oversold units (check: {check})",
