@@ -39,6 +39,7 @@ __all__ = [
     "grpc_code",
     "guard_decoding",
     "guarded",
+    "set_status",
 ]
 
 log = logging.getLogger("stocksync.grpc")
@@ -63,6 +64,27 @@ async def abort(context: Any, error: StocksyncError) -> NoReturn:
         context: the servicer context of the call.
         error: what went wrong.
     """
+    code = _prepare(context, error)
+    await context.abort(code, error.detail)
+    raise AssertionError("unreachable")  # context.abort raises
+
+
+def set_status(context: Any, error: StocksyncError) -> None:
+    """Give the call ``error``'s status, detail and trailers, to be sent when
+    the handler returns (whatever it returns is then discarded).
+
+    A unary handler's cheaper way to :func:`abort`: no exception unwinds
+    through the handler and gRPC, and the status goes out with the call's
+    last batch instead of one of its own (refusals are half the calls of a
+    sell-out).
+    """
+    code = _prepare(context, error)
+    context.set_code(code)
+    context.set_details(error.detail)
+
+
+def _prepare(context: Any, error: StocksyncError) -> grpc.StatusCode:
+    """Log the refusal at its level, set its trailers; its status code."""
     code = grpc_code(error)
     level = _LEVEL.get(error.status, logging.INFO)
     if log.isEnabledFor(level):
@@ -70,8 +92,7 @@ async def abort(context: Any, error: StocksyncError) -> NoReturn:
     trailers = error.trailers()
     if trailers:
         context.set_trailing_metadata(trailers)
-    await context.abort(code, error.detail)
-    raise AssertionError("unreachable")  # context.abort raises
+    return code
 
 
 def _peer(context: Any) -> str:
@@ -84,15 +105,16 @@ def _peer(context: Any) -> str:
 R = TypeVar("R")
 
 
-def guarded(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+def guarded(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R | None]]:
     """Decorate a unary servicer method: a domain error it raises becomes the
-    call's status (via :func:`abort`)."""
+    call's status (via :func:`set_status`; the call then answers nothing)."""
 
-    async def wrapper(self: Any, request: Any, context: Any) -> R:
+    async def wrapper(self: Any, request: Any, context: Any) -> R | None:
         try:
             return await method(self, request, context)
         except StocksyncError as e:
-            await abort(context, e)
+            set_status(context, e)
+            return None
 
     wrapper.__name__ = method.__name__
     wrapper.__doc__ = method.__doc__
