@@ -286,6 +286,11 @@ class EdgeRooms:
         )
         call = self.stub.Watch(request)
         try:
+            # The hub sends its headers once it has taken the stream on:
+            # resumed with nothing missed, a quiet room sends nothing else.
+            await call.initial_metadata()
+            if not call.done():  # not a refusal (a status without headers)
+                mirror.connected = True
             async for message in call:
                 mirror.connected = True
                 self._publish(mirror, event_from_proto(message))

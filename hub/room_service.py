@@ -206,6 +206,10 @@ class WatchServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
         except StocksyncError as e:
             await abort(context, e)
         try:
+            # Headers now, not with the first message: a watcher resuming
+            # with nothing missed may get no message for a long while, and
+            # this tells it (an edge, say) that the hub has taken it on.
+            await context.send_initial_metadata(())
             # Taken one at a time, as gRPC's flow control lets the last one
             # out: while the watcher does not read, its changes merge.
             async for event in watcher:

@@ -32,6 +32,7 @@ from stocksync.grpc_edge import Wrapped, guard_decoding
 from stocksync.hub.edge import Edge
 from stocksync.hub.room_service import RoomServicer, event_from_proto
 from stocksync.hub.rooms import Position, RoomEvent, Snapshot, SnapshotReason, Update
+from stocksync.tools.faultproxy import FaultProxy
 from stocksync.tools.procs import command
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 
@@ -270,6 +271,37 @@ def test_viewers_keep_their_stream_across_a_hub_restart() -> None:
             stock.add("LIP-RED", -3)
             await until(lambda: viewer.values() == {"LIP-RED": 90}, "a change after the restart")
             await viewer.close()
+
+    run(go)
+
+
+def test_a_quiet_room_resumed_with_nothing_missed_counts_as_connected() -> None:
+    """The link drops while the hub stays up: the edge resumes at its own
+    position, the hub has nothing to send, and the room is connected again
+    all the same (the hub's headers say so), not until its next change."""
+
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED"])
+        hub = await FakeHubServer(stock).start()
+        async with FaultProxy("127.0.0.1", hub.port) as proxy:
+            edge = Edge(f"127.0.0.1:{proxy.port}", "127.0.0.1:0")
+            await edge.start()
+            rooms = edge.rooms
+            assert rooms is not None
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{edge.port}") as channel:
+                viewer = Viewer(rooms_pb2_grpc.LiveRoomServiceStub(channel))
+                await until(lambda: viewer.events, "a snapshot")
+                assert rooms.disconnected() == 0
+                proxy.reset()  # every connection through the proxy: an RST
+                await until(lambda: rooms.reconnects >= 1, "the edge to lose the stream")
+                await until(lambda: rooms.disconnected() == 0, "the room connected again")
+                assert len(viewer.events) == 1  # nothing was sent: nothing was missed
+                stock.add("LIP-RED", -2)
+                await until(lambda: viewer.values() == {"LIP-RED": 98}, "the next change")
+                await viewer.close()
+            await edge.stop(0)
+        await hub.stop()
 
     run(go)
 

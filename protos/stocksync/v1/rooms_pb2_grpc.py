@@ -116,7 +116,10 @@ class LiveRoomServiceServicer:
         from a position still in the history, the messages missed), then an
         update whenever what the room shows changes. A watcher that reads
         slowly gets, per SKU, only the latest value: pending updates merge into
-        one message, whose position is that of the newest one merged.
+        one message, whose position is that of the newest one merged. The
+        response headers come as soon as the stream is accepted, before any
+        message: a watcher resuming with nothing missed learns it is connected
+        even if the room stays quiet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
