@@ -187,7 +187,21 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     type=click.IntRange(1),
     default=1000,
     show_default=True,
-    help="Watches one token may hold open at once.",
+    help="Watches one token may hold open at once (gRPC and Server-Sent Events together).",
+)
+@click.option(
+    "--max-requests-per-s",
+    type=click.FloatRange(0.001, 1_000_000),
+    default=1000.0,
+    show_default=True,
+    help="Calls and HTTP requests per second one token may make, sustained.",
+)
+@click.option(
+    "--request-burst",
+    type=click.IntRange(1, 10_000_000),
+    default=2000,
+    show_default=True,
+    help="Calls one token may make at once before --max-requests-per-s applies.",
 )
 @click.option(
     "--ready-file",
@@ -211,6 +225,8 @@ def edge(
     hub_tls_dir: str | None,
     tokens_file: str | None,
     max_watchers_per_identity: int,
+    max_requests_per_s: float,
+    request_burst: int,
     ready_file: str | None,
     log_format: str,
     verbose: bool,
@@ -245,7 +261,11 @@ def edge(
             check_listen("http", http)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
-    limits = Limits(max_watchers_per_identity=max_watchers_per_identity)
+    limits = Limits(
+        max_watchers_per_identity=max_watchers_per_identity,
+        max_requests_per_s=max_requests_per_s,
+        request_burst=request_burst,
+    )
     if insecure:
         if tls_dir or hub_tls_dir or tokens_file:
             raise click.UsageError("--insecure is plaintext: give it no --tls, --hub-tls or tokens")

@@ -490,9 +490,11 @@ class Edge:
         else:
             self.channel = grpc.aio.secure_channel(self.hub, self.upstream, options=options)
         self.rooms = EdgeRooms(self.channel, self.history, self.linger_s)
+        # One set of quotas per viewer's token over gRPC and HTTP, as at the hub.
+        admission = Admission(self.limits)
         wraps: list[Wrap] = [guard_decoding]
         if self.serving is not None:
-            wraps.insert(0, Gate(self.tokens, Admission(self.limits)).wrap)
+            wraps.insert(0, Gate(self.tokens, admission).wrap)
         server = Wrapped(grpc.aio.server(options=server_options()), *wraps)
         rooms_pb2_grpc.add_LiveRoomServiceServicer_to_server(EdgeServicer(self.rooms), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -501,7 +503,6 @@ class Edge:
         self.port = _bind(server, self.listen, self.serving)
         if self.http:
             host, _, port = self.http.rpartition(":")
-            admission = Admission(self.limits)
             auth = None if self.serving is None else HttpAuth(self.tokens, admission)
             app = make_app(self.rooms, auth=auth)
             # Unauthenticated, like any exporter: counts only.

@@ -352,6 +352,10 @@ def test_the_command_refuses_what_cannot_work_in_one_line(tmp_path: Path) -> Non
     assert r.returncode == 2 and "--tls DIR" in r.stderr and "--insecure" in r.stderr
     r = edge_cli("--insecure", "--tls", str(tmp_path))
     assert r.returncode == 2 and "plaintext" in r.stderr
+    r = edge_cli("--insecure", "--max-requests-per-s", "0")
+    assert r.returncode == 2 and "--max-requests-per-s" in r.stderr
+    r = edge_cli("--insecure", "--request-burst", "lots")
+    assert r.returncode == 2 and "--request-burst" in r.stderr
     (tmp_path / "cert.pem").write_text("not a certificate")
     (tmp_path / "key.pem").write_text("")
     (tmp_path / "ca.pem").write_text("")
@@ -372,9 +376,10 @@ def test_the_command_refuses_what_cannot_work_in_one_line(tmp_path: Path) -> Non
     assert "Traceback" not in r.stderr
 
 
-def tls_edge(pki: Pki, hub: str, client: Path, ready: Path) -> subprocess.Popen[str]:
+def tls_edge(pki: Pki, hub: str, client: Path, ready: Path, *extra: str) -> subprocess.Popen[str]:
     """``stocksync-hub edge`` with TLS both ways: the hub's server certificate
-    (it names localhost), ``client`` to reach the hub, the viewers' tokens."""
+    (it names localhost), ``client`` to reach the hub, the viewers' tokens;
+    ``extra`` options after them."""
     ready.unlink(missing_ok=True)
     return subprocess.Popen(
         [
@@ -394,6 +399,7 @@ def tls_edge(pki: Pki, hub: str, client: Path, ready: Path) -> subprocess.Popen[
             "127.0.0.1:0",
             "--ready-file",
             str(ready),
+            *extra,
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -412,7 +418,17 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             for room in ("room-a", "room-b"):
                 stub.SetFeatured(rooms_pb2.SetFeaturedRequest(room_id=room, skus=["LIP"]))
         ready = tmp_path / "edge.json"
-        proc = tls_edge(pki, hub.mtls, edge_client, ready)
+        # A token's quota (gRPC and HTTP together): four calls, then slow down.
+        proc = tls_edge(
+            pki,
+            hub.mtls,
+            edge_client,
+            ready,
+            "--request-burst",
+            "4",
+            "--max-requests-per-s",
+            "0.01",
+        )
         try:
             wait_until(lambda: ready.exists() or proc.poll() is not None, 60, "the edge")
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -453,6 +469,11 @@ def test_a_tls_edge_takes_the_viewers_room_tokens(tmp_path: Path) -> None:
             assert sse(token_a, "room-a") == 200
             assert sse(token_a, "room-b") == 403
             assert sse(None, "room-a") == 401
+            # viewer-a has made three calls that got in (refused ones cost
+            # nothing): one more, then its burst is spent on both protocols.
+            assert first(token_a, "room-a") == "snapshot"
+            assert sse(token_a, "room-a") == 429
+            assert first(token_a, "room-a") is grpc.StatusCode.RESOURCE_EXHAUSTED
         finally:
             proc.terminate()
             proc.wait(30)
