@@ -182,24 +182,25 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     "(stocksync-hub certs issue-client --scope rooms:watch).",
 )
 @click.option("--tokens-file", default=None, help="TOML of the viewers' accepted tokens.")
+# The viewers' quotas: the hub's settings of the same names, with its defaults.
 @click.option(
     "--max-watchers-per-identity",
-    type=click.IntRange(1),
-    default=1000,
+    type=click.IntRange(1, 1_000_000),
+    default=HubConfig.max_watchers_per_identity,
     show_default=True,
     help="Watches one token may hold open at once (gRPC and Server-Sent Events together).",
 )
 @click.option(
     "--max-requests-per-s",
     type=click.FloatRange(0.001, 1_000_000),
-    default=1000.0,
+    default=HubConfig.max_requests_per_s,
     show_default=True,
     help="Calls and HTTP requests per second one token may make, sustained.",
 )
 @click.option(
     "--request-burst",
     type=click.IntRange(1, 10_000_000),
-    default=2000,
+    default=HubConfig.request_burst,
     show_default=True,
     help="Calls one token may make at once before --max-requests-per-s applies.",
 )
