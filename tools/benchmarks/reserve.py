@@ -20,7 +20,7 @@ One run, over loopback:
   committed to a raw sqlite3 table, the waiting ones together (as the hub's
   writer commits a group): what answering once durable costs at its rawest.
 
-Both are timed from the first call until every caller is done; the latency of
+Each is timed from the first call until every caller is done; the latency of
 each call is taken around the call. The server's CPU per call (the hub's
 process, or the echo server's; user + system over the same span) says how
 much of the difference is the server's own work: on two cores the callers'
@@ -145,7 +145,8 @@ def _seed(workdir: Path, units: int) -> list[Path]:
 
 
 def run(callers: int, attempts: int, units: int, workdir: Path) -> dict[str, Any]:
-    """Echo, then reserve, with the same callers; the figures of both and the outcome."""
+    """The echo, the durable echo, then reserve, with the same callers; the
+    figures of each and the outcome."""
     payload = _payload("live-bench")
     with echo_server(workdir / "durable-echo.db") as server:
         cpu0 = cpu_s(server.pid)
