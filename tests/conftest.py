@@ -8,6 +8,7 @@ so crash tests can ``kill -9`` them like an operator's bad day would.
 from __future__ import annotations
 
 import contextlib
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +36,14 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
         time.sleep(0.05)
+
+
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT, as Ctrl-C in a
+    terminal would: started from a background job (``cmd &`` in a script, as
+    CI runners may), the child inherits SIGINT ignored and Python then never
+    raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str, check: bool = False, **kw: Any) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import HUB, run_cli, wait_until
+from conftest import HUB, ctrl_c_reaches_it, run_cli, wait_until
 
 from stocksync.events import EventRow, validate_new_event
 from stocksync.tools.benchmarks.catchup import format_table, make_events, raw_apply
@@ -164,6 +164,7 @@ def test_a_signal_stops_the_hub_and_agent(sig: signal.Signals) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ctrl_c_reaches_it,
     )
     try:
         assert bench.stderr is not None

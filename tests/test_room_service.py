@@ -19,6 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import ctrl_c_reaches_it
 from test_rooms import Stock
 
 from stocksync.grpc_edge import Wrapped, guard_decoding
@@ -485,6 +486,7 @@ def test_the_cli_sets_up_lists_watches_and_ends_a_room() -> None:
                 f"127.0.0.1:{port}",
                 "--insecure",
                 stdout=asyncio.subprocess.PIPE,
+                preexec_fn=ctrl_c_reaches_it,
             )
             assert watch.stdout is not None
             first = json.loads(await asyncio.wait_for(watch.stdout.readline(), 60))
