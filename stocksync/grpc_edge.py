@@ -75,8 +75,8 @@ def set_status(context: Any, error: StocksyncError) -> None:
 
     A unary handler's cheaper way to :func:`abort`: no exception unwinds
     through the handler and gRPC, and the status goes out with the call's
-    last batch instead of one of its own (refusals are half the calls of a
-    sell-out).
+    last batch instead of one of its own (a sell-out answers many calls
+    with a refusal).
     """
     code = _prepare(context, error)
     context.set_code(code)
