@@ -51,6 +51,7 @@ from stocksync.hub.room_service import SERVICE_NAME, WatchServicer, event_from_p
 from stocksync.hub.rooms import (
     DEFAULT_HISTORY,
     DisplayPolicy,
+    Feed,
     Position,
     RoomEvent,
     SkuDisplay,
@@ -122,6 +123,13 @@ class _Mirror:
     linger: asyncio.TimerHandle | None = None
     connected: bool = False
     """The stream to the hub is up (its last attempt received a message)."""
+    feed: Feed = field(init=False)
+    """What its viewers take."""
+
+    def now(self, reason: SnapshotReason) -> Snapshot:
+        """The room as the hub last showed it."""
+        assert self.position is not None and self.policy is not None
+        return Snapshot(self.position, reason, self.policy, tuple(self.shown.values()))
 
 
 class EdgeRooms:
@@ -230,9 +238,8 @@ class EdgeRooms:
         if reason is SnapshotReason.RESUMED:
             assert start is not None
             missed = [e for e in mirror.history if e.position.offset > start.offset]
-        watcher = Subscription(self, room_id, reason, missed)  # type: ignore[arg-type]
-        if reason is not SnapshotReason.RESUMED:
-            watcher._push(Snapshot(latest, reason, mirror.policy, tuple(mirror.shown.values())))
+        opened = None if reason is SnapshotReason.RESUMED else mirror.now(reason)
+        watcher = Subscription(self, room_id, reason, missed, mirror.feed, opened)  # type: ignore[arg-type]
         mirror.watchers.add(watcher)
         return watcher
 
@@ -246,6 +253,7 @@ class EdgeRooms:
     def _follow(self, room_id: str) -> _Mirror:
         self._hub_may_fail()
         mirror = self._mirrors[room_id] = _Mirror(room_id, deque(maxlen=self.history))
+        mirror.feed = Feed(self.history, mirror.now)
         mirror.task = asyncio.create_task(self._run(mirror), name=f"edge-room-{room_id}")
         return mirror
 
@@ -340,8 +348,7 @@ class EdgeRooms:
         if not mirror.ready.is_set():
             mirror.ready.set()
             return  # nobody has subscribed yet: they start from this state
-        for watcher in mirror.watchers:
-            watcher._push(event)
+        mirror.feed.publish(event)
 
     def _ended(self, mirror: _Mirror, error: StocksyncError) -> None:
         self._hub_may_fail()

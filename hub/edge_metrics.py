@@ -70,7 +70,7 @@ COALESCED = Spec(
     "stocksync_edge_messages_coalesced_total",
     "counter",
     (),
-    "Room messages merged into one a viewer had not taken yet.",
+    "Room messages a slow viewer took merged into one with later ones (counted as it takes them).",
 )
 
 SPECS = (

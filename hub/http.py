@@ -24,7 +24,6 @@ status by one table (:data:`HTTP_STATUS`) from the error's status.
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import logging
@@ -43,6 +42,7 @@ from stocksync.hub.rooms import (
     RoomEvent,
     Subscription,
     event_dict,
+    once_per_message,
     validate_room_id,
 )
 
@@ -228,20 +228,25 @@ class _Direct:
         return True
 
 
-@functools.lru_cache(maxsize=256)
-def _chunk(event: RoomEvent) -> bytes:
-    """:func:`sse_frame` as one HTTP/1.1 chunk."""
+def _sse_frame(event: RoomEvent) -> bytes:
+    data = event_dict(event)
+    body = json.dumps(data, separators=(",", ":"))
+    return f"id: {event.position}\nevent: {data['type']}\ndata: {body}\n\n".encode()
+
+
+sse_frame = once_per_message(_sse_frame)
+"""One room message as a Server-Sent Events frame (a message taken as
+published, or merged by the room's feed, is one object for every viewer:
+encoded once)."""
+
+
+def _chunk_of(event: RoomEvent) -> bytes:
     frame = sse_frame(event)
     return b"%x\r\n%s\r\n" % (len(frame), frame)
 
 
-@functools.lru_cache(maxsize=256)
-def sse_frame(event: RoomEvent) -> bytes:
-    """One room message as a Server-Sent Events frame (a message taken as
-    published is one object for every viewer: encoded once)."""
-    data = event_dict(event)
-    body = json.dumps(data, separators=(",", ":"))
-    return f"id: {event.position}\nevent: {data['type']}\ndata: {body}\n\n".encode()
+_chunk = once_per_message(_chunk_of)
+""":func:`sse_frame` as one HTTP/1.1 chunk."""
 
 
 async def room_events(request: web.Request) -> web.StreamResponse:

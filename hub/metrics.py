@@ -140,7 +140,7 @@ COALESCED = Spec(
     "stocksync_hub_room_updates_coalesced_total",
     "counter",
     (),
-    "Room messages merged into one a slow watcher had pending.",
+    "Room messages a slow watcher took merged into one with later ones (counted as it takes them).",
 )
 DELIVERY_LATENCY = Spec(
     "stocksync_hub_delivery_latency_seconds",

@@ -8,7 +8,6 @@ domain errors into statuses.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -31,6 +30,7 @@ from stocksync.hub.rooms import (
     SnapshotReason,
     Subscription,
     Update,
+    once_per_message,
 )
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 
@@ -185,7 +185,7 @@ class WatchServicer(rooms_pb2_grpc.LiveRoomServiceServicer):
     def __init__(self) -> None:
         # A message no watcher had merged is one object for all of them:
         # build its protobuf once, not once per watcher.
-        self._encode = functools.lru_cache(maxsize=ENCODED_CACHE)(event_to_proto)
+        self._encode = once_per_message(event_to_proto, ENCODED_CACHE)
 
     async def _subscribe(self, room_id: str, start: Position | None) -> Subscription:
         """Open a subscription (see :meth:`RoomHub.subscribe`).

@@ -12,9 +12,11 @@ A room keeps its latest ``history`` messages, so a watcher that comes back
 with its last position gets exactly what it missed, or a :class:`Snapshot`
 that says why not (the Centrifugo recovery model).
 
-A watcher is a :class:`Subscription`. What it has not taken yet coalesces to
-the latest value per SKU, so however long it stalls it holds at most the
-room's featured SKUs, and publishing never waits for it.
+A watcher is a :class:`Subscription`: a place in its room's :class:`Feed`.
+What it has not taken yet coalesces to the latest value per SKU when it
+takes it (merged once for every watcher at the same place); however long it
+stalls it holds nothing of its own, and publishing never waits for it. A
+watcher further behind than the history gets a snapshot (``HISTORY_GONE``).
 
 The transports — gRPC (:mod:`stocksync.hub.room_service`) and Server-Sent
 Events (:mod:`stocksync.hub.http`) — only translate these messages.
@@ -28,10 +30,10 @@ import itertools
 import re
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from stocksync.errors import InvalidArgument, Status, StocksyncError
 from stocksync.events import InvalidEvent, validate_sku
@@ -46,6 +48,7 @@ __all__ = [
     "DisplayMode",
     "DisplayPolicy",
     "DisplayState",
+    "Feed",
     "MemoryRoomStore",
     "Position",
     "RoomEvent",
@@ -61,6 +64,7 @@ __all__ = [
     "UnknownRoom",
     "Update",
     "event_dict",
+    "once_per_message",
     "resume_reason",
     "room_dict",
     "validate_room_id",
@@ -428,6 +432,7 @@ class _Room:
     dirty_origin: float = 0.0
     flush: asyncio.TimerHandle | None = None
     """The scheduled update of the dirty SKUs, if any."""
+    feed: Feed = field(init=False)
 
     @property
     def live(self) -> bool:
@@ -498,7 +503,7 @@ class RoomHub:
         self._featuring: dict[str, set[_Room]] = {}
         """SKU -> the live rooms featuring it."""
         for record in store.load():
-            room = self._rooms[record.room] = _Room(record, deque(maxlen=history))
+            room = self._rooms[record.room] = self._new_room(record)
             if room.live:
                 self._feature(room, record.featured)
 
@@ -545,7 +550,7 @@ class RoomHub:
         record = RoomRecord(room_id, featured, room.record.policy if room else DisplayPolicy())
         self.store.save(record)
         if room is None:
-            room = self._rooms[room_id] = _Room(record, deque(maxlen=self.history))
+            room = self._rooms[room_id] = self._new_room(record)
         self._unfeature(room)
         room.record = record
         self._feature(room, featured)
@@ -580,10 +585,10 @@ class RoomHub:
         record = replace(room.record, ended=True)
         self.store.save(record)
         room.record = record
-        self._unfeature(room)
         for watcher in list(room.watchers):
-            watcher._end()
+            watcher._end()  # while the room still shows what it showed
         room.watchers.clear()
+        self._unfeature(room)
         room.history.clear()  # nobody can resume into a room that ended
 
     # -- stock ---------------------------------------------------------------
@@ -662,10 +667,9 @@ class RoomHub:
             assert from_position is not None
             skip = len(room.history) - (room.offset - from_position.offset)
             missed = list(itertools.islice(room.history, skip, None))
-        watcher = Subscription(self, room_id, reason, missed)
-        if reason is not SnapshotReason.RESUMED:
-            # Pending like any snapshot, so changes until it is taken merge into it.
-            watcher._push(room.snapshot(Position(self.epoch, room.offset), reason))
+        # A snapshot is pending like any message: changes until it is taken merge into it.
+        opened = None if reason is SnapshotReason.RESUMED else room.snapshot(latest, reason)
+        watcher = Subscription(self, room_id, reason, missed, room.feed, opened)
         room.watchers.add(watcher)
         return watcher
 
@@ -724,21 +728,147 @@ class RoomHub:
         room.offset += 1
         return Position(self.epoch, room.offset)
 
+    def _new_room(self, record: RoomRecord) -> _Room:
+        room = _Room(record, deque(maxlen=self.history))
+        room.feed = Feed(
+            self.history,
+            lambda reason: room.snapshot(Position(self.epoch, room.offset), reason),
+        )
+        return room
+
     def _publish(self, room: _Room, event: RoomEvent) -> None:
         room.history.append(event)
         self.published += 1
-        for watcher in room.watchers:
-            watcher._push(event)
+        room.feed.publish(event)
+
+
+_T = TypeVar("_T")
+
+
+def once_per_message(
+    encode: Callable[[RoomEvent], _T], size: int = 256
+) -> Callable[[RoomEvent], _T]:
+    """``encode``, remembered for the last ``size`` messages by identity.
+
+    A message taken as published, or merged by a :class:`Feed`, is one
+    object for every watcher that takes it, so a transport encodes it once.
+    Looked up by identity, not by value: a message's hash is every SKU's.
+    """
+    cache: OrderedDict[int, tuple[RoomEvent, _T]] = OrderedDict()
+
+    def encoded(event: RoomEvent) -> _T:
+        hit = cache.get(id(event))
+        if hit is not None and hit[0] is event:
+            return hit[1]
+        value = encode(event)
+        cache[id(event)] = (event, value)  # holding it: its id is not reused meanwhile
+        if len(cache) > size:
+            cache.popitem(last=False)
+        return value
+
+    return encoded
+
+
+class Feed:
+    """A room's messages as its watchers take them: shared, not copied.
+
+    A watcher keeps only how far it has taken (a :class:`Subscription`'s
+    cursor into this feed). What it has not taken is merged when it takes
+    it — the latest value per SKU, a snapshot replacing what came before —
+    and that merge is made once for every watcher at the same place, so the
+    watchers a busy room leaves behind share one message (and one encoding)
+    instead of each folding every change into a copy of its own. Publishing
+    costs the same however many watchers are behind: it wakes only those
+    waiting for a message.
+
+    The feed keeps its latest ``keep`` messages; a watcher further behind
+    than that gets a snapshot of the room as it is now (reason
+    ``HISTORY_GONE``) in place of the merge.
+
+    Args:
+        keep: messages kept for watchers that are behind.
+        now: a snapshot of the room as it is, saying ``reason``.
+    """
+
+    def __init__(self, keep: int, now: Callable[[SnapshotReason], Snapshot]) -> None:
+        if keep < 1:
+            raise ValueError("keep must be at least 1")
+        self.seq = 0
+        """How many messages were published (the newest one's number)."""
+        self._keep = keep
+        self._now = now
+        self._log: deque[RoomEvent] = deque()
+        self._base = 1
+        """The number of ``_log[0]``."""
+        self._merged: dict[int, RoomEvent] = {}
+        """Cursor -> what a watcher there takes, while ``seq`` stands."""
+        self._waiting: dict[Subscription, None] = {}
+
+    def publish(self, event: RoomEvent) -> None:
+        """Append ``event``; offer it to, or wake, the watchers waiting."""
+        self._log.append(event)
+        self.seq += 1
+        if len(self._log) > self._keep:
+            self._log.popleft()
+            self._base += 1
+        if self._merged:
+            self._merged = {}
+        waiting = self._waiting
+        if waiting:
+            self._waiting = {}
+            for watcher in waiting:
+                watcher._offer(event)
+
+    def since(self, cursor: int) -> RoomEvent:
+        """What a watcher that has taken up to ``cursor`` (< ``seq``) takes:
+        the one message, or the merge of those after it."""
+        if cursor == self.seq - 1 and self._log:
+            return self._log[-1]  # as published: the same object for everyone
+        merged = self._merged.get(cursor)
+        if merged is None:
+            merged = self._merged[cursor] = self._merge(cursor)
+        return merged
+
+    def _merge(self, cursor: int) -> RoomEvent:
+        start = cursor + 1 - self._base
+        if start < 0:
+            return self._now(SnapshotReason.HISTORY_GONE)
+        events = itertools.islice(self._log, start, None)
+        first = self._log[start]
+        # The oldest input the message carries.
+        origin = first.origin if isinstance(first, Update) else 0.0
+        opened: Snapshot | None = None
+        skus: dict[str, SkuDisplay] = {}
+        for event in events:
+            if isinstance(event, Snapshot):
+                opened = event
+                skus = {s.sku: s for s in event.skus}
+            else:
+                for s in event.skus:
+                    skus[s.sku] = s
+        position = self._log[-1].position
+        if opened is not None:
+            return replace(opened, position=position, skus=tuple(skus.values()))
+        return Update(position, tuple(skus.values()), origin)
+
+    def wait(self, watcher: Subscription) -> None:
+        """Wake ``watcher`` (or offer it) the next message."""
+        self._waiting[watcher] = None
+
+    def forget(self, watcher: Subscription) -> None:
+        """``watcher`` no longer waits."""
+        self._waiting.pop(watcher, None)
 
 
 class Subscription:
     """One watcher of a room; iterate it (``async for``) or call :meth:`next`.
 
-    What the watcher has not taken merges into one pending message holding
-    the latest value per SKU (at most the room's featured SKUs): an update
-    into a pending update or snapshot, a snapshot replacing whatever was
+    What the watcher has not taken merges into one message holding the
+    latest value per SKU (at most the room's featured SKUs): updates into
+    the pending update or snapshot, a snapshot replacing whatever was
     pending. Exactly replayed messages (after a resume) come first, as they
-    were.
+    were. The merge is the room's :class:`Feed`'s, shared with every
+    watcher at the same place.
 
     Attributes:
         room: the room's id.
@@ -748,98 +878,113 @@ class Subscription:
     """
 
     def __init__(
-        self, hub: RoomHub, room: str, reason: SnapshotReason, missed: Iterable[RoomEvent]
+        self,
+        hub: RoomHub,
+        room: str,
+        reason: SnapshotReason,
+        missed: Iterable[RoomEvent],
+        feed: Feed,
+        opened: Snapshot | None = None,
     ) -> None:
         self.room = room
         self.reason = reason
         self._hub = hub
+        self._feed = feed
+        self._cursor = feed.seq
+        """The feed's messages up to here are taken (or in ``_opened``)."""
         self._exact: deque[RoomEvent] = deque(missed)
-        self._merged: dict[str, SkuDisplay] = {}
-        self._opened: Snapshot | None = None
-        """The pending snapshot the merged values belong to, if any."""
-        self._position: Position | None = None
-        """Of the newest message merged; None: nothing pending."""
-        self._single: RoomEvent | None = None
-        """The message pending, while there is only one: taken as published,
-        the same object for every watcher (so a transport can reuse its
-        encoding)."""
-        self._origin = 0.0
+        self._opened = opened
+        """The snapshot the watcher opened with, until taken: what the feed
+        publishes after ``_cursor`` merges into it."""
         self._wakeup = asyncio.Event()
         self._done = False
         self.room_ended = False
         self.direct: Callable[[RoomEvent], bool] | None = None
-        """If set, a message the watcher is up to date for (nothing pending)
-        is offered to it as published; when it returns True the message is
-        delivered (a transport that can write without waiting, e.g. to a
-        socket with room in its buffer), else it is pending as usual."""
-        if self._exact:
-            self._wakeup.set()
+        """If set, a message the watcher is up to date for (waiting in
+        :meth:`next`) is offered to it as published; when it returns True
+        the message is delivered (a transport that can write without
+        waiting, e.g. to a socket with room in its buffer), else it is
+        pending as usual."""
 
     @property
     def pending(self) -> int:
         """SKU values waiting to be taken (exact replay aside): at most the
         room's featured SKUs."""
-        return len(self._merged)
+        event = self._peek()
+        return 0 if event is None else len(event.skus)
 
     @property
     def backlog(self) -> int:
         """Replayed messages waiting to be taken (at most the room's history)."""
         return len(self._exact)
 
-    def _push(self, event: RoomEvent) -> None:
-        if self._done:
-            return
+    def _offer(self, event: RoomEvent) -> None:
+        """The feed published ``event`` while this watcher waited for it."""
         direct = self.direct
-        if direct is not None and self._position is None and not self._exact and direct(event):
+        if direct is not None and not self._done and direct(event):
+            self._cursor = self._feed.seq
             self._delivered(event)
+            self._feed.wait(self)  # still up to date, still waiting
             return
-        if self._position is not None:
-            self._hub.coalesced += 1
-            self._single = None
-        else:
-            self._single = event
-        if isinstance(event, Snapshot):
-            self._opened = event
-            self._merged = {s.sku: s for s in event.skus}
-        else:
-            if self._position is None:
-                self._origin = event.origin  # the oldest input the message carries
-            for s in event.skus:
-                self._merged[s.sku] = s
-        self._position = event.position
         self._wakeup.set()
+
+    def _peek(self) -> RoomEvent | None:
+        """What :meth:`take` would return after the replay, without taking it."""
+        if self._done and self._opened is None:
+            return None
+        feed = self._feed
+        behind = self._cursor < feed.seq
+        opened = self._opened
+        if opened is None:
+            return feed.since(self._cursor) if behind else None
+        if not behind:
+            return opened
+        merged = feed.since(self._cursor)
+        if isinstance(merged, Snapshot):
+            return merged  # a snapshot replaces whatever was pending
+        skus = {s.sku: s for s in opened.skus}
+        for s in merged.skus:
+            skus[s.sku] = s
+        return replace(opened, position=merged.position, skus=tuple(skus.values()))
 
     def _end(self) -> None:
         """The room ended: finish what is pending, then stop."""
+        event = self._peek()
+        if event is not None:
+            self._exact.append(event)
+            self._hub.coalesced += self._merges()
+        self._opened = None
         self._done = self.room_ended = True
+        self._feed.forget(self)
         self._wakeup.set()
+
+    def _merges(self) -> int:
+        """Messages folded into the pending one beyond the first."""
+        behind = self._feed.seq - self._cursor
+        return behind if self._opened is not None else max(behind - 1, 0)
 
     def close(self) -> None:
         """Stop watching (the watcher went away, or the hub stops): drops
         anything pending; a waiting :meth:`next` stops."""
         self._done = True
         self._exact.clear()
-        self._merged = {}
-        self._opened = self._position = self._single = None
+        self._opened = None
+        self._feed.forget(self)
         self._hub._leave(self)
         self._wakeup.set()
 
     def take(self) -> RoomEvent | None:
         """The next message if one is waiting, else None (never waits)."""
-        event: RoomEvent
         if self._exact:
             event = self._exact.popleft()
-        elif self._position is None:
-            return None
         else:
-            if self._single is not None:
-                event = self._single
-            elif self._opened is not None:
-                skus = tuple(self._merged.values())
-                event = replace(self._opened, position=self._position, skus=skus)
-            else:
-                event = Update(self._position, tuple(self._merged.values()), self._origin)
-            self._merged, self._opened, self._position, self._single = {}, None, None, None
+            peeked = self._peek()
+            if peeked is None:
+                return None
+            event = peeked
+            self._hub.coalesced += self._merges()
+            self._cursor = self._feed.seq
+            self._opened = None
         self._delivered(event)
         return event
 
@@ -865,6 +1010,7 @@ class Subscription:
             if self._done:
                 raise StopAsyncIteration
             self._wakeup.clear()
+            self._feed.wait(self)
             await self._wakeup.wait()
 
     def __aiter__(self) -> Subscription:

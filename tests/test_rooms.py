@@ -32,6 +32,7 @@ from stocksync.hub.rooms import (
     UnknownRoom,
     Update,
     event_dict,
+    once_per_message,
 )
 from stocksync.hub.stock import StalenessPolicy, StockBook
 
@@ -226,7 +227,36 @@ def test_a_position_from_another_hub_start_gets_a_new_epoch_snapshot(stock: Stoc
     assert fresh.skus == snap.skus
 
 
-def test_a_stalled_watcher_holds_at_most_the_featured_skus(stock: Stock) -> None:
+def test_a_stalled_watcher_gets_the_latest_value_per_sku_in_one_message(stock: Stock) -> None:
+    skus = [f"SKU-{i}" for i in range(10)]
+    stock.rooms.set_featured("r", skus)
+    stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
+    stalled = stock.rooms.subscribe("r")
+    also = stock.rooms.subscribe("r")  # stalled at the same place
+    live = stock.rooms.subscribe("r")
+    for watcher in (stalled, also, live):
+        drain(watcher)
+    live_seen = []
+    for i in range(999):  # within the room's history of 1,000
+        stock.add(skus[i % 10], 1)
+        live_seen += drain(live)
+        assert stalled.pending <= len(skus)
+    assert [e.position.offset for e in live_seen] == list(range(3, 1002))
+    [merged] = drain(stalled)
+    assert isinstance(merged, Update) and merged.position == live_seen[-1].position
+    assert {s.sku: s.sellable for s in merged.skus} == {
+        sku: 100 - (i >= 9) for i, sku in enumerate(skus)
+    }
+    assert [s.sku for s in merged.skus] == skus  # in the order they first changed
+    # Every watcher at the same place takes the same message: merged once,
+    # encoded once.
+    assert also.take() is merged
+    # Everything published reached each watcher, on its own or merged.
+    assert stock.rooms.coalesced == 2 * 998
+    assert stock.rooms.delivered == 3 + 999 + 2  # three snapshots, live, merged twice
+
+
+def test_a_watcher_stalled_past_the_history_gets_a_snapshot(stock: Stock) -> None:
     skus = [f"SKU-{i}" for i in range(10)]
     stock.rooms.set_featured("r", skus)
     stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
@@ -234,19 +264,23 @@ def test_a_stalled_watcher_holds_at_most_the_featured_skus(stock: Stock) -> None
     live = stock.rooms.subscribe("r")
     drain(stalled)
     drain(live)
-    live_seen = []
     for i in range(20_000):
         stock.add(skus[i % 10], 1)
-        live_seen += drain(live)
-        assert stalled.pending <= len(skus)
-    assert len(live_seen) == 20_000
-    assert [e.position.offset for e in live_seen] == list(range(3, 20_003))
-    [merged] = drain(stalled)
-    assert isinstance(merged, Update) and merged.position == live_seen[-1].position
-    assert {s.sku: s.sellable for s in merged.skus} == {sku: 2000 for sku in skus}
-    # Everything published reached each watcher, on its own or merged.
+        drain(live)
+    # As a watcher resuming from a position the history no longer holds:
+    # what the room shows now, flagged.
+    [snap] = drain(stalled)
+    assert isinstance(snap, Snapshot) and snap.reason is SnapshotReason.HISTORY_GONE
+    assert snap.position == stock.rooms.room("r").position
+    assert snap.policy == DisplayPolicy(DisplayMode.EXACT)
+    assert {s.sku: s.sellable for s in snap.skus} == {sku: 2000 for sku in skus}
     assert stock.rooms.coalesced == 19_999
-    assert stock.rooms.delivered == 2 + 20_000 + 1  # two snapshots, live, merged
+    # It goes on from there like any other watcher.
+    stock.add("SKU-3", 1)
+    [update] = drain(stalled)
+    assert isinstance(update, Update) and [(s.sku, s.sellable) for s in update.skus] == [
+        ("SKU-3", 2001)
+    ]
 
 
 def test_an_unmerged_message_is_one_object_for_every_watcher(stock: Stock) -> None:
@@ -462,35 +496,47 @@ def test_a_room_publishes_at_most_one_update_per_interval() -> None:
     asyncio.run(go())
 
 
-def test_a_direct_writer_takes_what_its_watcher_is_up_to_date_for(stock: Stock) -> None:
-    stock.rooms.set_featured("r", ["A", "B"])
-    stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
-    watcher = stock.rooms.subscribe("r")
-    written: list[RoomEvent] = []
-    room_for = [True]
+def test_a_direct_writer_takes_what_its_waiting_watcher_is_up_to_date_for(stock: Stock) -> None:
+    async def go() -> None:
+        stock.rooms.set_featured("r", ["A", "B"])
+        stock.rooms.set_policy("r", DisplayPolicy(DisplayMode.EXACT))
+        watcher = stock.rooms.subscribe("r")
+        written: list[RoomEvent] = []
+        room_for = [True]
 
-    def direct(event: RoomEvent) -> bool:
-        if room_for[0]:
-            written.append(event)
-        return room_for[0]
+        def direct(event: RoomEvent) -> bool:
+            if room_for[0]:
+                written.append(event)
+            return room_for[0]
 
-    watcher.direct = direct
-    stock.add("A", 1)  # the snapshot is still pending: merged, not written past it
-    assert written == []
-    drain(watcher)
-    stock.add("A", 1)  # up to date: written as published, nothing pending
-    assert len(written) == 1 and watcher.take() is None
-    room_for[0] = False  # the socket is full: pending as usual, and merging
-    stock.add("A", 1)
-    stock.add("B", 5)
-    room_for[0] = True
-    stock.add("B", 1)  # something is pending: merges, never overtakes it
-    assert len(written) == 1
-    [merged] = drain(watcher)
-    assert {s.sku: s.sellable for s in merged.skus} == {"A": 3, "B": 6}
-    delivered = stock.rooms.delivered
-    stock.add("A", 1)
-    assert len(written) == 2 and stock.rooms.delivered == delivered + 1
+        watcher.direct = direct
+        stock.add("A", 1)  # the snapshot is still pending: merged, not written past it
+        assert written == []
+        drain(watcher)
+        waiting = asyncio.ensure_future(watcher.next())
+        await asyncio.sleep(0)  # up to date, waiting for a message
+        stock.add("A", 1)  # written as published; it goes on waiting
+        await asyncio.sleep(0)
+        assert len(written) == 1 and not waiting.done() and watcher.take() is None
+        room_for[0] = False  # the socket is full: pending as usual, and merging
+        stock.add("A", 1)
+        stock.add("B", 5)
+        room_for[0] = True
+        stock.add("B", 1)  # something is pending: merges, never overtakes it
+        assert len(written) == 1
+        merged = await waiting
+        assert {s.sku: s.sellable for s in merged.skus} == {"A": 3, "B": 6}
+        delivered = stock.rooms.delivered
+        stock.add("A", 1)  # not waiting (its task is writing): pending
+        assert len(written) == 1
+        assert [s.sellable for s in (await watcher.next()).skus] == [4]
+        waiting = asyncio.ensure_future(watcher.next())
+        await asyncio.sleep(0)
+        stock.add("A", 1)
+        assert len(written) == 2 and stock.rooms.delivered == delivered + 2
+        waiting.cancel()
+
+    asyncio.run(go())
 
 
 def test_a_room_with_many_watchers_updates_less_often() -> None:
@@ -529,3 +575,19 @@ def test_a_room_with_many_watchers_updates_less_often() -> None:
         stock.rooms.end_room("r")
 
     asyncio.run(go())
+
+
+def test_a_message_is_encoded_once_per_object_not_per_value() -> None:
+    calls: list[RoomEvent] = []
+
+    def encode(event: RoomEvent) -> int:
+        calls.append(event)
+        return len(calls)
+
+    encoded = once_per_message(encode, size=2)
+    one = Update(Position("e", 1), (), 0.0)
+    equal = Update(Position("e", 1), (), 0.0)  # equal, another object
+    assert encoded(one) == encoded(one) == 1
+    assert encoded(equal) == 2
+    encoded(Update(Position("e", 2), (), 0.0))  # the oldest one drops out
+    assert encoded(equal) == 2 and encoded(one) == 4

@@ -116,7 +116,9 @@ class LiveRoomServiceServicer:
         from a position still in the history, the messages missed), then an
         update whenever what the room shows changes. A watcher that reads
         slowly gets, per SKU, only the latest value: pending updates merge into
-        one message, whose position is that of the newest one merged. The
+        one message, whose position is that of the newest one merged; a watcher
+        further behind than the room's history gets a snapshot flagged
+        HISTORY_GONE instead, as if it had resumed from where it was. The
         response headers come as soon as the stream is accepted, before any
         message: a watcher resuming with nothing missed learns it is connected
         even if the room stays quiet.
