@@ -205,6 +205,15 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
     help="Calls one token may make at once before --max-requests-per-s applies.",
 )
 @click.option(
+    "--room-max-writes-per-s",
+    type=click.FloatRange(0, 10_000_000),
+    default=HubConfig.room_max_writes_per_s,
+    show_default=True,
+    help="Most messages a second one room asks this edge to write: a room with more "
+    "viewers than this x the hub's room_update_interval_ms wakes them less often (what "
+    "comes meanwhile merges), so the edge stays responsive. 0: no bound.",
+)
+@click.option(
     "--ready-file",
     type=click.Path(dir_okay=False),
     default=None,
@@ -228,6 +237,7 @@ def edge(
     max_watchers_per_identity: int,
     max_requests_per_s: float,
     request_burst: int,
+    room_max_writes_per_s: float,
     ready_file: str | None,
     log_format: str,
     verbose: bool,
@@ -270,7 +280,9 @@ def edge(
     if insecure:
         if tls_dir or hub_tls_dir or tokens_file:
             raise click.UsageError("--insecure is plaintext: give it no --tls, --hub-tls or tokens")
-        edge_ = Edge(target, listen, limits=limits, http=http)
+        edge_ = Edge(
+            target, listen, limits=limits, http=http, max_writes_per_s=room_max_writes_per_s
+        )
     else:
         if not (tls_dir and hub_tls_dir and tokens_file):
             raise click.UsageError(
@@ -291,6 +303,7 @@ def edge(
             tokens=tokens,
             limits=limits,
             http=http,
+            max_writes_per_s=room_max_writes_per_s,
         )
 
     async def main_(stop: asyncio.Event) -> None:

@@ -125,6 +125,10 @@ class _Mirror:
     """The stream to the hub is up (its last attempt received a message)."""
     feed: Feed = field(init=False)
     """What its viewers take."""
+    woke: float = float("-inf")
+    """When its viewers were last woken (``EdgeRooms.clock``)."""
+    wake: asyncio.TimerHandle | None = None
+    """The next wake-up, when one is due."""
 
     def now(self, reason: SnapshotReason) -> Snapshot:
         """The room as the hub last showed it."""
@@ -142,6 +146,10 @@ class EdgeRooms:
         channel: to the hub.
         history: messages kept per room for viewers that resume.
         linger_s: how long a room without viewers stays mirrored.
+        max_writes_per_s: most messages a second one room asks the edge to
+            write (``room_max_writes_per_s``, as at the hub): a room with more
+            viewers than this x the hub's update interval wakes them less
+            often, what comes meanwhile merging. 0: no bound.
         first_message_s: how long a new viewer waits for the hub.
         retry_max_s: the cap of the reconnect backoff.
     """
@@ -153,8 +161,10 @@ class EdgeRooms:
         linger_s: float = LINGER_S,
         first_message_s: float = FIRST_MESSAGE_S,
         retry_max_s: float = 5.0,
+        max_writes_per_s: float = 0.0,
     ) -> None:
         self.stub = rooms_pb2_grpc.LiveRoomServiceStub(channel)
+        self.max_writes_per_s = max_writes_per_s
         self.history = history
         self.linger_s = linger_s
         self.first_message_s = first_message_s
@@ -348,11 +358,45 @@ class EdgeRooms:
         if not mirror.ready.is_set():
             mirror.ready.set()
             return  # nobody has subscribed yet: they start from this state
-        mirror.feed.publish(event)
+        mirror.feed.publish(event, wake=False)
+        self._pace(mirror, at_once=isinstance(event, Snapshot))
+
+    def _pace(self, mirror: _Mirror, at_once: bool) -> None:
+        """Wake the room's waiting viewers now, or once its interval is over:
+        at most ``viewers / max_writes_per_s`` apart, as the hub paces its
+        own watchers (``room_max_writes_per_s``); what comes meanwhile
+        merges. A snapshot goes out at once. Viewers written to directly
+        (Server-Sent Events keeping up) get each message as it comes and
+        do not count: a socket write costs a fraction of a gRPC write, and
+        they are written to before the next message from the hub is read."""
+        if mirror.wake is not None:
+            if not at_once:
+                return  # due already
+            mirror.wake.cancel()
+            mirror.wake = None
+        now = self.clock()
+        due = mirror.woke
+        if self.max_writes_per_s > 0:
+            woken = sum(1 for w in mirror.watchers if w.direct is None)
+            due += woken / self.max_writes_per_s
+        if at_once or now >= due:
+            mirror.woke = now
+            mirror.feed.wake()
+        else:
+            mirror.wake = asyncio.get_running_loop().call_later(due - now, self._wake, mirror)
+
+    def _wake(self, mirror: _Mirror) -> None:
+        mirror.wake = None
+        mirror.woke = self.clock()
+        mirror.feed.wake()
 
     def _ended(self, mirror: _Mirror, error: StocksyncError) -> None:
         self._hub_may_fail()
         mirror.error = error
+        if mirror.wake is not None:
+            mirror.wake.cancel()
+            mirror.wake = None
+        mirror.feed.wake()  # what was held goes out before the end
         mirror.ready.set()
         for watcher in list(mirror.watchers):
             watcher._end()
@@ -389,6 +433,10 @@ class EdgeRooms:
             mirror.linger = None
         if self._mirrors.get(mirror.room) is mirror:
             del self._mirrors[mirror.room]
+        if mirror.wake is not None:
+            mirror.wake.cancel()
+            mirror.wake = None
+        mirror.feed.wake()  # what was held goes out before the end
         for watcher in list(mirror.watchers):
             watcher._end()
         mirror.watchers.clear()
@@ -447,7 +495,7 @@ class Edge:
             None: plaintext.
         tokens: the viewers' accepted tokens (with ``serving``).
         limits: per-viewer-identity quotas.
-        history, linger_s: as :class:`EdgeRooms`.
+        history, linger_s, max_writes_per_s: as :class:`EdgeRooms`.
         http: ``HOST:PORT`` to serve the rooms' Server-Sent Events and
             overlay pages on, as the hub's ``--http`` does; empty: none.
     """
@@ -464,8 +512,10 @@ class Edge:
         history: int = DEFAULT_HISTORY,
         linger_s: float = LINGER_S,
         http: str = "",
+        max_writes_per_s: float = 0.0,
     ) -> None:
         self.hub = hub
+        self.max_writes_per_s = max_writes_per_s
         self.listen = listen
         self.http = http
         self.upstream = upstream
@@ -496,7 +546,9 @@ class Edge:
             self.channel = grpc.aio.insecure_channel(self.hub, options=options)
         else:
             self.channel = grpc.aio.secure_channel(self.hub, self.upstream, options=options)
-        self.rooms = EdgeRooms(self.channel, self.history, self.linger_s)
+        self.rooms = EdgeRooms(
+            self.channel, self.history, self.linger_s, max_writes_per_s=self.max_writes_per_s
+        )
         # One set of quotas per viewer's token over gRPC and HTTP, as at the hub.
         admission = Admission(self.limits)
         wraps: list[Wrap] = [guard_decoding]

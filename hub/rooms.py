@@ -781,83 +781,116 @@ class Feed:
     costs the same however many watchers are behind: it wakes only those
     waiting for a message.
 
+    A message appended without being released (``publish(wake=False)``) is
+    held: no watcher takes it until :meth:`wake`, so an owner can pace how
+    often its watchers get a message, what comes meanwhile merging.
+
     The feed keeps its latest ``keep`` messages; a watcher further behind
     than that gets a snapshot of the room as it is now (reason
     ``HISTORY_GONE``) in place of the merge.
 
     Args:
         keep: messages kept for watchers that are behind.
-        now: a snapshot of the room as it is, saying ``reason``.
+        now: a snapshot of the room as it is (every message appended
+            included), saying ``reason``.
     """
 
     def __init__(self, keep: int, now: Callable[[SnapshotReason], Snapshot]) -> None:
         if keep < 1:
             raise ValueError("keep must be at least 1")
         self.seq = 0
-        """How many messages were published (the newest one's number)."""
+        """How many messages were appended (the newest one's number)."""
+        self.head = 0
+        """The newest message released: watchers take up to here."""
         self._keep = keep
         self._now = now
         self._log: deque[RoomEvent] = deque()
         self._base = 1
         """The number of ``_log[0]``."""
         self._merged: dict[int, RoomEvent] = {}
-        """Cursor -> what a watcher there takes, while ``seq`` stands."""
+        """Cursor -> what a watcher there takes, while ``head`` stands."""
         self._waiting: dict[Subscription, None] = {}
+        """Watchers waiting in ``next`` whose task takes the next message."""
+        self._direct: dict[Subscription, None] = {}
+        """Watchers waiting in ``next`` with a direct writer (``direct``)."""
 
-    def publish(self, event: RoomEvent) -> None:
-        """Append ``event``; offer it to, or wake, the watchers waiting."""
+    def publish(self, event: RoomEvent, wake: bool = True) -> None:
+        """Append ``event``; with ``wake``, release it and offer it to (or
+        wake) the watchers waiting, else hold it until :meth:`wake` — but
+        still write it at once to the up-to-date watchers with a direct
+        writer (a socket write costs a fraction of waking a task), as long
+        as they have room for it."""
         self._log.append(event)
         self.seq += 1
         if len(self._log) > self._keep:
             self._log.popleft()
             self._base += 1
-        if self._merged:
-            self._merged = {}
+        if wake:
+            self.wake()
+        elif self._direct:
+            for watcher in list(self._direct):
+                watcher._write(event)
+
+    def wake(self) -> None:
+        """Release what was appended; offer it to the watchers waiting, or
+        wake them."""
+        if self.head != self.seq:
+            self.head = self.seq
+            if self._merged:
+                self._merged = {}
         waiting = self._waiting
         if waiting:
             self._waiting = {}
             for watcher in waiting:
-                watcher._offer(event)
+                watcher._offer()
+        direct = self._direct
+        if direct:
+            self._direct = {}
+            for watcher in direct:
+                watcher._offer()
 
-    def since(self, cursor: int) -> RoomEvent:
-        """What a watcher that has taken up to ``cursor`` (< ``seq``) takes:
-        the one message, or the merge of those after it."""
-        if cursor == self.seq - 1 and self._log:
-            return self._log[-1]  # as published: the same object for everyone
+    def since(self, cursor: int) -> tuple[RoomEvent, int]:
+        """What a watcher that has taken up to ``cursor`` (< ``head``)
+        takes — the one message, or the merge of those after it — and where
+        that takes it."""
+        if cursor == self.head - 1 and cursor >= self._base - 1:
+            # As published: the same object for everyone.
+            return self._log[cursor + 1 - self._base], self.head
+        if cursor < self._base - 1:
+            return self._now(SnapshotReason.HISTORY_GONE), self.seq
         merged = self._merged.get(cursor)
         if merged is None:
             merged = self._merged[cursor] = self._merge(cursor)
-        return merged
+        return merged, self.head
 
     def _merge(self, cursor: int) -> RoomEvent:
-        start = cursor + 1 - self._base
-        if start < 0:
-            return self._now(SnapshotReason.HISTORY_GONE)
-        events = itertools.islice(self._log, start, None)
+        start, end = cursor + 1 - self._base, self.head - self._base
         first = self._log[start]
         # The oldest input the message carries.
         origin = first.origin if isinstance(first, Update) else 0.0
         opened: Snapshot | None = None
         skus: dict[str, SkuDisplay] = {}
-        for event in events:
+        for event in itertools.islice(self._log, start, end + 1):
             if isinstance(event, Snapshot):
                 opened = event
                 skus = {s.sku: s for s in event.skus}
             else:
                 for s in event.skus:
                     skus[s.sku] = s
-        position = self._log[-1].position
+        position = self._log[end].position
         if opened is not None:
             return replace(opened, position=position, skus=tuple(skus.values()))
         return Update(position, tuple(skus.values()), origin)
 
-    def wait(self, watcher: Subscription) -> None:
-        """Wake ``watcher`` (or offer it) the next message."""
-        self._waiting[watcher] = None
+    def wait(self, watcher: Subscription, direct: bool = False) -> None:
+        """Wake ``watcher`` the next message released; ``direct``: offer it
+        each message first."""
+        (self._direct if direct else self._waiting)[watcher] = None
 
     def forget(self, watcher: Subscription) -> None:
         """``watcher`` no longer waits."""
         self._waiting.pop(watcher, None)
+        self._direct.pop(watcher, None)
 
 
 class Subscription:
@@ -910,58 +943,83 @@ class Subscription:
     def pending(self) -> int:
         """SKU values waiting to be taken (exact replay aside): at most the
         room's featured SKUs."""
-        event = self._peek()
-        return 0 if event is None else len(event.skus)
+        peeked = self._peek()
+        return 0 if peeked is None else len(peeked[0].skus)
 
     @property
     def backlog(self) -> int:
         """Replayed messages waiting to be taken (at most the room's history)."""
         return len(self._exact)
 
-    def _offer(self, event: RoomEvent) -> None:
-        """The feed published ``event`` while this watcher waited for it."""
+    def _offer(self) -> None:
+        """The feed released news while this watcher waited in :meth:`next`."""
+        feed = self._feed
         direct = self.direct
-        if direct is not None and not self._done and direct(event):
-            self._cursor = self._feed.seq
-            self._delivered(event)
-            self._feed.wait(self)  # still up to date, still waiting
+        if self._cursor >= feed.head:
+            feed.wait(self, direct is not None)  # nothing new for this one yet
             return
+        if direct is not None and not self._done:
+            event, cursor = feed.since(self._cursor)
+            if direct(event):
+                self._advance(cursor)
+                self._delivered(event)
+                feed.wait(self, True)  # up to date again, still waiting
+                return
         self._wakeup.set()
 
-    def _peek(self) -> RoomEvent | None:
-        """What :meth:`take` would return after the replay, without taking it."""
+    def _write(self, event: RoomEvent) -> None:
+        """The feed appended ``event`` and holds it: a watcher waiting with a
+        direct writer, up to date just before it, gets it written at once;
+        one that has no room for it waits for the release with the others."""
+        feed = self._feed
+        if self._cursor != feed.seq - 1:
+            return  # behind what is held: it takes the merge when released
+        direct = self.direct
+        if direct is not None and not self._done and direct(event):
+            self._advance(feed.seq)
+            self._delivered(event)
+            return
+        feed.forget(self)
+        feed.wait(self)
+
+    def _peek(self) -> tuple[RoomEvent, int] | None:
+        """What :meth:`take` would return after the replay, and the cursor
+        it takes the watcher to; without taking it."""
         if self._done and self._opened is None:
             return None
         feed = self._feed
-        behind = self._cursor < feed.seq
+        behind = self._cursor < feed.head
         opened = self._opened
         if opened is None:
             return feed.since(self._cursor) if behind else None
         if not behind:
-            return opened
-        merged = feed.since(self._cursor)
+            return opened, self._cursor
+        merged, cursor = feed.since(self._cursor)
         if isinstance(merged, Snapshot):
-            return merged  # a snapshot replaces whatever was pending
+            return merged, cursor  # a snapshot replaces whatever was pending
         skus = {s.sku: s for s in opened.skus}
         for s in merged.skus:
             skus[s.sku] = s
-        return replace(opened, position=merged.position, skus=tuple(skus.values()))
+        return replace(opened, position=merged.position, skus=tuple(skus.values())), cursor
+
+    def _advance(self, cursor: int) -> None:
+        """Taken up to ``cursor``: count what was merged on the way."""
+        behind = cursor - self._cursor
+        # Messages folded into the one taken beyond the first.
+        self._hub.coalesced += behind if self._opened is not None else max(behind - 1, 0)
+        self._cursor = cursor
+        self._opened = None
 
     def _end(self) -> None:
         """The room ended: finish what is pending, then stop."""
-        event = self._peek()
-        if event is not None:
-            self._exact.append(event)
-            self._hub.coalesced += self._merges()
+        self._feed.forget(self)
+        peeked = self._peek()
+        if peeked is not None:
+            self._exact.append(peeked[0])
+            self._advance(peeked[1])
         self._opened = None
         self._done = self.room_ended = True
-        self._feed.forget(self)
         self._wakeup.set()
-
-    def _merges(self) -> int:
-        """Messages folded into the pending one beyond the first."""
-        behind = self._feed.seq - self._cursor
-        return behind if self._opened is not None else max(behind - 1, 0)
 
     def close(self) -> None:
         """Stop watching (the watcher went away, or the hub stops): drops
@@ -981,10 +1039,8 @@ class Subscription:
             peeked = self._peek()
             if peeked is None:
                 return None
-            event = peeked
-            self._hub.coalesced += self._merges()
-            self._cursor = self._feed.seq
-            self._opened = None
+            event, cursor = peeked
+            self._advance(cursor)
         self._delivered(event)
         return event
 
@@ -1010,7 +1066,7 @@ class Subscription:
             if self._done:
                 raise StopAsyncIteration
             self._wakeup.clear()
-            self._feed.wait(self)
+            self._feed.wait(self, self.direct is not None)
             await self._wakeup.wait()
 
     def __aiter__(self) -> Subscription:

@@ -150,6 +150,62 @@ def test_viewers_at_the_edge_see_what_viewers_at_the_hub_see_through_one_stream(
     run(go)
 
 
+@pytest.mark.parametrize("bound", [0.0, 20.0])
+def test_an_edge_wakes_a_rooms_viewers_at_most_its_write_bound_allows(bound: float) -> None:
+    """4 gRPC viewers, 20 messages a second at most: woken every 0.2 s, what
+    comes meanwhile merging; with no bound, every message the hub sends. A
+    Server-Sent Events viewer that keeps up is written every message either
+    way (a socket write, not a task woken) and does not count."""
+    import aiohttp
+
+    async def go() -> None:
+        stock = Stock()
+        exact_room(stock, ["LIP-RED", "LIP-NUDE"])
+        async with (
+            hub_and_edge(stock, max_writes_per_s=bound, http="127.0.0.1:0") as (_, edge, stub),
+            aiohttp.ClientSession() as session,
+        ):
+            sse: list[dict[str, Any]] = []
+
+            async def read_sse() -> None:
+                url = f"http://127.0.0.1:{edge.http_port}/rooms/{ROOM}/events"
+                async with session.get(url) as response:
+                    buffer = ""
+                    async for chunk in response.content.iter_any():
+                        buffer += chunk.decode()
+                        *done, buffer = buffer.split("\n\n")
+                        sse.extend(
+                            json.loads(f.split("data: ", 1)[1]) for f in done if f.startswith("id:")
+                        )
+
+            sse_task = asyncio.create_task(read_sse())
+            viewers = [Viewer(stub) for _ in range(4)]
+            await until(lambda: sse and all(v.events for v in viewers), "snapshots")
+            await asyncio.sleep(0.3)  # a quiet spell: the next change goes out at once
+            start = time.monotonic()
+            for i in range(60):
+                stock.add("LIP-RED" if i % 3 else "LIP-NUDE", -1)
+                await asyncio.sleep(0.005)
+            want = {"LIP-RED": 60, "LIP-NUDE": 80}
+            last = stock.rooms.room(ROOM).position
+            await until(lambda: all(v.values() == want for v in viewers), "the end")
+            await until(lambda: sse[-1]["position"] == str(last), "the end over SSE")
+            elapsed = time.monotonic() - start
+            paced = 2 + elapsed / (4 / 20.0)  # the first at once, then one per 0.2 s
+            for v in viewers:
+                assert v.events[-1].position == last  # merged, nothing lost
+                if bound:
+                    assert len(v.events) - 1 <= paced
+                else:
+                    assert len(v.events) - 1 > paced
+            assert len(sse) - 1 > paced
+            sse_task.cancel()
+            for v in viewers:
+                await v.close()
+
+    run(go)
+
+
 def test_a_viewer_resumes_at_the_edge_from_a_position_it_had_at_the_hub() -> None:
     async def go() -> None:
         stock = Stock()

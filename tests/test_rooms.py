@@ -20,6 +20,7 @@ from stocksync.hub.rooms import (
     DisplayMode,
     DisplayPolicy,
     DisplayState,
+    Feed,
     MemoryRoomStore,
     Position,
     RoomEvent,
@@ -591,3 +592,25 @@ def test_a_message_is_encoded_once_per_object_not_per_value() -> None:
     assert encoded(equal) == 2
     encoded(Update(Position("e", 2), (), 0.0))  # the oldest one drops out
     assert encoded(equal) == 2 and encoded(one) == 4
+
+
+def test_a_feed_holds_what_it_does_not_release_and_merges_it(stock: Stock) -> None:
+    def update(n: int) -> Update:
+        return Update(Position("e", n), (SkuDisplay("A", DisplayState.IN_STOCK, n, f"{n}"),), 0.0)
+
+    now = Snapshot(Position("e", 9), SnapshotReason.HISTORY_GONE, DisplayPolicy(), ())
+    feed = Feed(3, lambda reason: now)
+    watcher = Subscription(stock.rooms, "r", SnapshotReason.RESUMED, [], feed)
+    feed.publish(update(1))
+    taken = watcher.take()
+    assert taken is not None and taken.position.offset == 1
+    feed.publish(update(2), wake=False)
+    feed.publish(update(3), wake=False)
+    assert watcher.take() is None  # held
+    feed.wake()
+    merged = watcher.take()
+    assert isinstance(merged, Update) and merged.position.offset == 3
+    assert [s.sellable for s in merged.skus] == [3]
+    for n in range(4, 9):  # past what the feed keeps
+        feed.publish(update(n))
+    assert watcher.take() is now and watcher.take() is None
