@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 __all__ = [
@@ -64,9 +65,30 @@ def connect(
 
 
 def use_wal(conn: sqlite3.Connection) -> None:
-    """Put the database in write-ahead-log mode (a no-op if it is already)."""
-    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-        conn.execute("PRAGMA journal_mode = WAL")
+    """Put the database in write-ahead-log mode (a no-op if it is already).
+
+    When two processes open the same new file at once (a daemon starting as
+    ``import`` runs, say), SQLite refuses one of them the switch with
+    "database is locked" at once, without calling the busy handler; the
+    switch is tried again until the connection's ``busy_timeout`` is spent.
+    """
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    patience = conn.execute("PRAGMA busy_timeout").fetchone()[0] / 1000
+    deadline = time.monotonic() + patience
+    pause = 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode not in _BUSY or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+_BUSY = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 _KINDS = {

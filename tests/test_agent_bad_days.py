@@ -464,6 +464,42 @@ def test_the_wrong_file_is_refused_in_one_line_and_left_as_it_was(
     assert path.read_bytes() == before
 
 
+def _open_at_once(path: str, claim: bool, delay: float, errors: Any) -> None:
+    time.sleep(delay)
+    try:
+        with AgentStore(path) as store:
+            if claim:
+                store.claim("WH-NEW")
+    except StoreError as e:
+        errors.put(str(e))
+
+
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """A daemon starting (and claiming its store) as an ``import`` runs: SQLite
+    refuses one of two new connections the switch to WAL at once ("database
+    is locked", without waiting); it is tried again instead of failing."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    for round_ in range(60):
+        path = str(tmp_path / f"store-{round_}.db")
+        processes = [
+            # The second a few milliseconds after the first, to catch it mid-setup.
+            context.Process(target=_open_at_once, args=(path, claim, delay, errors))
+            for claim, delay in ((True, 0.0), (False, (round_ % 20) * 0.0002))
+        ]
+        for p in processes:
+            p.start()
+        for p in processes:
+            p.join(60)
+            assert p.exitcode == 0
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == []
+
+
 def test_an_empty_file_becomes_a_store(tmp_path: Path) -> None:
     # What `touch agent.db` leaves, or a crash before the first commit.
     db = tmp_path / "agent.db"
