@@ -838,15 +838,10 @@ class Feed:
             self.head = self.seq
             if self._merged:
                 self._merged = {}
-        waiting = self._waiting
-        if waiting:
-            self._waiting = {}
-            for watcher in waiting:
-                watcher._offer()
-        direct = self._direct
-        if direct:
-            self._direct = {}
-            for watcher in direct:
+        waiting, direct = self._waiting, self._direct
+        if waiting or direct:
+            self._waiting, self._direct = {}, {}
+            for watcher in itertools.chain(waiting, direct):
                 watcher._offer()
 
     def since(self, cursor: int) -> tuple[RoomEvent, int]:
@@ -885,7 +880,12 @@ class Feed:
     def wait(self, watcher: Subscription, direct: bool = False) -> None:
         """Wake ``watcher`` the next message released; ``direct``: offer it
         each message first."""
-        (self._direct if direct else self._waiting)[watcher] = None
+        if direct:
+            self._waiting.pop(watcher, None)
+            self._direct[watcher] = None
+        else:
+            self._direct.pop(watcher, None)
+            self._waiting[watcher] = None
 
     def forget(self, watcher: Subscription) -> None:
         """``watcher`` no longer waits."""
@@ -979,8 +979,7 @@ class Subscription:
             self._advance(feed.seq)
             self._delivered(event)
             return
-        feed.forget(self)
-        feed.wait(self)
+        feed.wait(self)  # as a task, until the release
 
     def _peek(self) -> tuple[RoomEvent, int] | None:
         """What :meth:`take` would return after the replay, and the cursor

@@ -614,3 +614,39 @@ def test_a_feed_holds_what_it_does_not_release_and_merges_it(stock: Stock) -> No
     for n in range(4, 9):  # past what the feed keeps
         feed.publish(update(n))
     assert watcher.take() is now and watcher.take() is None
+
+
+def test_a_direct_watcher_gets_held_messages_once_each(stock: Stock) -> None:
+    def update(n: int) -> Update:
+        return Update(Position("e", n), (SkuDisplay("A", DisplayState.IN_STOCK, n, f"{n}"),), 0.0)
+
+    async def go() -> None:
+        feed = Feed(10, lambda reason: Snapshot(Position("e", 0), reason, DisplayPolicy(), ()))
+        watcher = Subscription(stock.rooms, "r", SnapshotReason.RESUMED, [], feed)
+        written: list[int] = []
+        room_for = [True]
+
+        def direct(event: RoomEvent) -> bool:
+            if room_for[0]:
+                written.append(event.position.offset)
+            return room_for[0]
+
+        watcher.direct = direct
+        waiting = asyncio.ensure_future(watcher.next())
+        await asyncio.sleep(0)
+        waiting.cancel()  # as a heartbeat's timeout does
+        feed.publish(update(1), wake=False)  # up to date: written at once, though held
+        room_for[0] = False
+        feed.publish(update(2), wake=False)  # no room: it waits for the release
+        assert written == [1] and watcher.take() is None
+        room_for[0] = True
+        await asyncio.sleep(0)
+        again = asyncio.ensure_future(watcher.next())  # waiting again, nothing released yet
+        await asyncio.sleep(0)
+        feed.wake()
+        feed.publish(update(3))
+        await asyncio.sleep(0)
+        assert written == [1, 2, 3] and not again.done() and watcher.take() is None
+        again.cancel()
+
+    asyncio.run(go())
