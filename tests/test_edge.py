@@ -412,6 +412,8 @@ def test_the_command_refuses_what_cannot_work_in_one_line(tmp_path: Path) -> Non
     assert r.returncode == 2 and "--max-requests-per-s" in r.stderr
     r = edge_cli("--insecure", "--request-burst", "lots")
     assert r.returncode == 2 and "--request-burst" in r.stderr
+    r = edge_cli("--insecure", "--room-max-writes-per-s", "-1")
+    assert r.returncode == 2 and "--room-max-writes-per-s" in r.stderr
     (tmp_path / "cert.pem").write_text("not a certificate")
     (tmp_path / "key.pem").write_text("")
     (tmp_path / "ca.pem").write_text("")
