@@ -11,7 +11,6 @@ from typing import Any
 
 import click
 
-from stocksync.auth import TokenFileError
 from stocksync.cli_common import (
     LazyGroup,
     config_option,
@@ -23,13 +22,9 @@ from stocksync.cli_common import (
 from stocksync.clock import wall_ms
 from stocksync.config import HubConfig
 from stocksync.errors import StocksyncError
-from stocksync.hub.certs_cli import certs, tokens
 from stocksync.hub.check import check_store
 from stocksync.hub.cli_client import client_options, json_option, query
 from stocksync.hub.cli_reservations import COMMANDS
-from stocksync.hub.rooms_cli import rooms
-from stocksync.hub.server import Hub, check_free, write_ready_file
-from stocksync.hub.webhooks_cli import webhooks
 from stocksync.sdnotify import Notifier
 from stocksync.tls import TlsError
 from stocksync.v1 import inventory_pb2
@@ -43,6 +38,12 @@ __all__ = ["client_options", "json_option", "main"]
         # Tools that run stocksync, never loaded by `serve`.
         "demo": "stocksync.tools.demo:demo",
         "bench": "stocksync.tools.benchmarks.catchup:bench",
+        # Loaded when run: a client command (stock, reserve, ...) need not load the
+        # server, the certificate tools or the rooms' model.
+        "rooms": "stocksync.hub.rooms_cli:rooms",
+        "webhooks": "stocksync.hub.webhooks_cli:webhooks",
+        "certs": "stocksync.hub.certs_cli:certs",
+        "tokens": "stocksync.hub.certs_cli:tokens",
     },
 )
 @click.version_option(package_name="stocksync")
@@ -97,6 +98,9 @@ def serve(config_file: str | None, ready_file: str | None, verbose: bool, **flag
 
         stocksync-hub serve --db hub.db --listen 0.0.0.0:50051 --insecure
     """
+    from stocksync.auth import TokenFileError
+    from stocksync.hub.server import Hub, check_free, write_ready_file
+
     config = load_config(HubConfig, config_file, flags)
     setup_logging(verbose, config.log_format)
     try:
@@ -258,10 +262,11 @@ def edge(
 
         stocksync-hub edge --hub 127.0.0.1:50051 --listen 0.0.0.0:50061 --insecure
     """
-    from stocksync.auth import TokenFile
+    from stocksync.auth import TokenFile, TokenFileError
     from stocksync.config import ConfigError, check_listen
     from stocksync.hub.access import Limits
     from stocksync.hub.edge import Edge
+    from stocksync.hub.server import write_ready_file
     from stocksync.tls import CertificateReloader, TlsFiles
 
     setup_logging(verbose, log_format)
@@ -489,10 +494,6 @@ def warehouses(target: str, as_json: bool, **conn: Any) -> None:
 
 for _command in COMMANDS:
     main.add_command(_command)
-main.add_command(rooms)
-main.add_command(webhooks)
-main.add_command(certs)
-main.add_command(tokens)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,7 +24,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,9 +37,6 @@ from stocksync.grpc_edge import Wrap, Wrapped, enable_reflection, guard_decoding
 from stocksync.hub.access import Admission, Limits
 from stocksync.hub.clock import HubClock
 from stocksync.hub.grpc_gate import Gate
-from stocksync.hub.http import HttpServer, make_app
-from stocksync.hub.http_api import add_api
-from stocksync.hub.http_auth import HttpAuth
 from stocksync.hub.inventory import Inventory
 from stocksync.hub.inventory_service import InventoryServicer
 from stocksync.hub.metrics import HubMetrics
@@ -57,7 +54,6 @@ from stocksync.hub.webhook_delivery import WebhookDelivery
 from stocksync.hub.webhook_service import SERVICE_NAME as WEBHOOK_SERVICE
 from stocksync.hub.webhook_service import WebhookServicer
 from stocksync.hub.writer import Writer
-from stocksync.metrics import metrics_handler
 from stocksync.tls import CertificateReloader, TlsFiles
 from stocksync.v1 import (
     inventory_pb2,
@@ -68,6 +64,9 @@ from stocksync.v1 import (
     webhooks_pb2_grpc,
 )
 from stocksync.wire import MAX_MESSAGE_BYTES
+
+if TYPE_CHECKING:
+    from stocksync.hub.http import HttpServer
 
 __all__ = ["SERVICE_NAMES", "Hub", "check_free", "server_options", "write_ready_file"]
 
@@ -243,6 +242,12 @@ class Hub:
         enable_reflection([*SERVICE_NAMES, health_name], server)
         self._listen(server)
         if self.config.http:
+            # aiohttp (~0.25 s to load) only for a hub that serves HTTP.
+            from stocksync.hub.http import HttpServer, make_app
+            from stocksync.hub.http_api import add_api
+            from stocksync.hub.http_auth import HttpAuth
+            from stocksync.metrics import metrics_handler
+
             host, _, port = self.config.http.rpartition(":")
             auth = None if self.config.insecure else HttpAuth(self.tokens, self.admission)
             app = make_app(rooms, auth=auth)

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
-import aiohttp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -38,6 +38,9 @@ from stocksync.clock import wall_ms, wall_s
 from stocksync.errors import InvalidArgument, StocksyncError
 from stocksync.hub.notices import Notices, OutboxEvent
 from stocksync.hub.storage import Delivery, HubStore, WriteTx
+
+if TYPE_CHECKING:
+    import aiohttp
 from stocksync.hub.writer import Writer
 from stocksync.webhooks import SIGNATURE_HEADER, TEST_EVENT, WebhookSubscription, sign
 
@@ -116,10 +119,15 @@ class WebhookDelivery:
 
     async def start(self) -> None:
         """Start a delivery task per subscription (and the pruning)."""
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-            headers={"User-Agent": "stocksync-hub"},
-        )
+        if self.subscriptions:
+            # aiohttp's client loads the system's CA certificates on import (~0.1 s
+            # of every start): a hub without subscriptions never needs it.
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers={"User-Agent": "stocksync-hub"},
+            )
         for label in self.subscriptions:
             self._tasks.append(asyncio.create_task(self._run(label), name=f"webhook {label}"))
         self._tasks.append(asyncio.create_task(self._prune_forever(), name="webhook prune"))
@@ -233,6 +241,8 @@ class WebhookDelivery:
         await self._mark(label, delivery, "")
 
     async def _post(self, subscription: WebhookSubscription, delivery: Delivery) -> None:
+        import aiohttp  # loaded by start(), as there are subscriptions
+
         assert self._session is not None
         body = delivery.body.encode()
         headers = {
@@ -297,6 +307,8 @@ def _prune(tx: WriteTx, before_unix_ms: int) -> int:
 
 
 def _why(error: BaseException) -> str:
+    import aiohttp  # loaded: only a delivery fails
+
     if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return "no answer in time"
     if isinstance(error, aiohttp.ClientConnectorError):
