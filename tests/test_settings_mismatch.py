@@ -267,8 +267,25 @@ async def main():
 
 asyncio.run(main())
 cli.main.get_command(None, "serve")
-loaded = sorted(m for m in sys.modules if m.startswith(("stocksync.tools", "stocksync.agent")))
+loaded = sorted(
+    m for m in sys.modules if m.startswith(("stocksync.tools", "stocksync.agent", "aiohttp"))
+)
 print(loaded)
+"""
+    # aiohttp too: a hub with no --http and no webhook subscriptions never needs it.
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_client_commands_load_no_server() -> None:
+    """`stocksync-hub stock` and its kind answer in a third of the time `serve` takes to load."""
+    code = """
+import sys
+from stocksync.hub import cli
+for name in ("stock", "warehouses", "reserve", "conflicts"):
+    cli.main.get_command(None, name)
+heavy = ("stocksync.hub.server", "stocksync.hub.inventory", "aiohttp", "cryptography")
+print(sorted(m for m in sys.modules if m.startswith(heavy)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
