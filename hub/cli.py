@@ -285,6 +285,18 @@ def edge(
     if insecure:
         if tls_dir or hub_tls_dir or tokens_file:
             raise click.UsageError("--insecure is plaintext: give it no --tls, --hub-tls or tokens")
+        ctx = click.get_current_context()
+        quotas = [
+            f"--{name.replace('_', '-')}"
+            for name in ("max_watchers_per_identity", "max_requests_per_s", "request_burst")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if quotas:
+            # Quotas are per viewer token; plaintext viewers have none to charge.
+            raise click.UsageError(
+                f"{', '.join(quotas)}: quotas are per viewer token, and an --insecure edge "
+                "takes no tokens; serve with --tls and --tokens-file to apply them"
+            )
         edge_ = Edge(
             target, listen, limits=limits, http=http, max_writes_per_s=room_max_writes_per_s
         )

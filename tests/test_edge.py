@@ -414,6 +414,11 @@ def test_the_command_refuses_what_cannot_work_in_one_line(tmp_path: Path) -> Non
     assert r.returncode == 2 and "--request-burst" in r.stderr
     r = edge_cli("--insecure", "--room-max-writes-per-s", "-1")
     assert r.returncode == 2 and "--room-max-writes-per-s" in r.stderr
+    # Per-token quotas on an edge that takes no tokens would be ignored: refused instead.
+    r = edge_cli("--insecure", "--max-requests-per-s", "5", "--request-burst", "10")
+    assert r.returncode == 2, r.stderr
+    assert "--max-requests-per-s, --request-burst: quotas are per viewer token" in r.stderr
+    assert r.stderr.count("Error:") == 1 and "Traceback" not in r.stderr, r.stderr
     (tmp_path / "cert.pem").write_text("not a certificate")
     (tmp_path / "key.pem").write_text("")
     (tmp_path / "ca.pem").write_text("")
