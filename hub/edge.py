@@ -66,7 +66,7 @@ from stocksync.hub.rooms import (
 from stocksync.metrics import metrics_handler
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 
-__all__ = ["LINGER_S", "REFUSALS", "Edge", "EdgeRooms", "EdgeServicer", "UpstreamError"]
+__all__ = ["LINGER_S", "REFUSAL_CODES", "Edge", "EdgeRooms", "EdgeServicer", "UpstreamError"]
 
 log = logging.getLogger("stocksync.edge")
 
@@ -86,7 +86,7 @@ _FINAL = {
 }
 """Upstream statuses that trying again does not change."""
 
-REFUSALS = tuple(sorted(c.name for c in _FINAL - {grpc.StatusCode.NOT_FOUND}))
+REFUSAL_CODES = tuple(sorted(c.name for c in _FINAL - {grpc.StatusCode.NOT_FOUND}))
 """The hub's answers that refuse the edge a room (NOT_FOUND is the room's own
 end, not a refusal): the codes of ``stocksync_edge_hub_refusals_total``."""
 
@@ -173,7 +173,7 @@ class EdgeRooms:
         self.published = self.delivered = self.coalesced = 0
         self.reconnects = 0
         """Room streams to the hub lost and tried again."""
-        self.refusals = dict.fromkeys(REFUSALS, 0)
+        self.refusals = dict.fromkeys(REFUSAL_CODES, 0)
         """Rooms the hub refused this edge, by status name."""
         self._hub_connected_at = time.time()
         """The last moment a room's stream was up (or none was wanted)."""

@@ -620,7 +620,7 @@ def test_an_edge_exports_its_viewers_rooms_and_hub_link_to_prometheus() -> None:
     from metrics_scrape import Scrape, check_spec
 
     from stocksync.hub import edge_metrics
-    from stocksync.hub.edge import REFUSALS
+    from stocksync.hub.edge import REFUSAL_CODES
 
     async def go() -> None:
         stock = Stock()
@@ -635,7 +635,7 @@ def test_an_edge_exports_its_viewers_rooms_and_hub_link_to_prometheus() -> None:
             for spec in edge_metrics.SPECS:
                 check_spec(first, spec)
             assert first.get("stocksync_edge_watchers") == 0
-            for code in REFUSALS:  # each at 0 from the start, and explained
+            for code in REFUSAL_CODES:  # each at 0 from the start, and explained
                 assert first.get("stocksync_edge_hub_refusals_total", code=code) == 0
                 assert code in edge_metrics.REFUSALS.help
             last_connected = "stocksync_edge_hub_last_connected_timestamp_seconds"
