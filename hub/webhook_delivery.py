@@ -38,11 +38,11 @@ from stocksync.clock import wall_ms, wall_s
 from stocksync.errors import InvalidArgument, StocksyncError
 from stocksync.hub.notices import Notices, OutboxEvent
 from stocksync.hub.storage import Delivery, HubStore, WriteTx
+from stocksync.hub.writer import Writer
+from stocksync.webhooks import SIGNATURE_HEADER, TEST_EVENT, WebhookSubscription, sign
 
 if TYPE_CHECKING:
     import aiohttp
-from stocksync.hub.writer import Writer
-from stocksync.webhooks import SIGNATURE_HEADER, TEST_EVENT, WebhookSubscription, sign
 
 __all__ = ["PENDING_BATCH", "PRUNE_EVERY_S", "WebhookDelivery", "WebhookStats"]
 
