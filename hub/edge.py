@@ -390,13 +390,17 @@ class EdgeRooms:
         mirror.woke = self.clock()
         mirror.feed.wake()
 
-    def _ended(self, mirror: _Mirror, error: StocksyncError) -> None:
-        self._hub_may_fail()
-        mirror.error = error
+    def _release(self, mirror: _Mirror) -> None:
+        """Before the room's viewers end: what the feed holds goes out now."""
         if mirror.wake is not None:
             mirror.wake.cancel()
             mirror.wake = None
-        mirror.feed.wake()  # what was held goes out before the end
+        mirror.feed.wake()
+
+    def _ended(self, mirror: _Mirror, error: StocksyncError) -> None:
+        self._hub_may_fail()
+        mirror.error = error
+        self._release(mirror)
         mirror.ready.set()
         for watcher in list(mirror.watchers):
             watcher._end()
@@ -433,10 +437,7 @@ class EdgeRooms:
             mirror.linger = None
         if self._mirrors.get(mirror.room) is mirror:
             del self._mirrors[mirror.room]
-        if mirror.wake is not None:
-            mirror.wake.cancel()
-            mirror.wake = None
-        mirror.feed.wake()  # what was held goes out before the end
+        self._release(mirror)
         for watcher in list(mirror.watchers):
             watcher._end()
         mirror.watchers.clear()
