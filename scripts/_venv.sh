@@ -20,4 +20,6 @@ fi
 # Bytecode for stocksync's own modules, as installing a wheel writes it: where
 # PYTHONDONTWRITEBYTECODE is set, every process the demo or the tests start would
 # compile them again (~0.1 s of CPU each). A stale file is only recompiled in memory.
-.venv/bin/python -m compileall -q agent hub stocksync tools protos >/dev/null
+# Only a speed-up: a source tree it cannot write to (or a full disk) is said, not fatal.
+.venv/bin/python -m compileall -q agent hub stocksync tools protos >/dev/null 2>&1 ||
+  echo "note: could not write stocksync's bytecode; every process compiles it instead" >&2
