@@ -283,6 +283,21 @@ def test_latency_times_every_event_at_the_hub_and_every_watcher(peer_reason: str
         for part in ("applied", "watchers"):
             f = figures[part]
             assert 0 < f["p50_ms"] <= f["p99_ms"] <= f["p999_ms"] <= f["max_ms"]
+        # What the recording stretch cost: the machine, and every process doing the work.
+        cpu = figures["cpu"]
+        assert cpu["seconds"] > 0 and cpu["cores"] >= 1
+        # Recording, applying and watching keep the machine busy: never nil.
+        assert 0 < cpu["machine_busy_pct"] <= 100 and 0 <= cpu["machine_steal_pct"] <= 100
+        assert all(pct >= 0 for pct in cpu["processes"].values())
+    for where, figures in ours.items():
+        named = set(figures["cpu"]["processes"])
+        assert {"hub", "agent", "watchers' process"} <= named
+        assert ("edge" in named) == ("edge" in where)
+    if not peer_reason:
+        assert "consumer" in result["details"]["peer"]["cpu"]["processes"]
+    # Each run's CPU is in the table, after its latencies.
+    machine_rows = [r for r in result["rows"] if "machine busy" in r["measure"]]
+    assert len(machine_rows) == len(runs)
 
 
 def test_the_peer_pipeline_applies_every_event(peer_reason: str, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "Against",
+    "CpuMeter",
     "Row",
     "Scenario",
     "cpu_s",
@@ -137,6 +138,52 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_jiffies() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies over every core since boot, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return user + nice + system + irq + softirq, steal, sum(fields)
+
+
+class CpuMeter:
+    """CPU over a stretch of a run: the machine's, and each named process's.
+
+    ``with CpuMeter({"hub": pid, ...}) as cpu: ...``; then :attr:`figures`:
+    ``machine_busy_pct`` (user, system and interrupts, as % of every core:
+    100 is the whole machine), ``machine_steal_pct`` (taken by the host
+    under a virtual machine, same scale), ``cores``, and ``processes``: each
+    named process's user + system CPU as % of one core. What a latency
+    scenario is limited by when the machine is near 100 % busy.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.figures: dict[str, Any] = {}
+
+    def __enter__(self) -> CpuMeter:
+        self._machine = _machine_jiffies()
+        self._procs = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        self._at = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.monotonic() - self._at
+        busy0, steal0, total0 = self._machine
+        busy, steal, total = _machine_jiffies()
+        ticks = max(1, total - total0)
+        self.figures = {
+            "seconds": round(elapsed, 3),
+            "cores": os.cpu_count() or 1,
+            "machine_busy_pct": round(100 * (busy - busy0) / ticks, 1),
+            "machine_steal_pct": round(100 * (steal - steal0) / ticks, 1),
+            "processes": {
+                name: round(100 * (cpu_s(pid) - self._procs[name]) / max(elapsed, 1e-9), 1)
+                for name, pid in self.pids.items()
+            },
+        }
 
 
 def rss_kb(pid: int) -> tuple[int, int]:

@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -45,7 +46,13 @@ from typing import Any
 import grpc
 
 from stocksync.events import EventRow, Kind, NewEvent
-from stocksync.tools.benchmarks.common import Against, Row, Scenario, latency_summary
+from stocksync.tools.benchmarks.common import (
+    Against,
+    CpuMeter,
+    Row,
+    Scenario,
+    latency_summary,
+)
 from stocksync.tools.procs import AgentChild, EdgeChild, HubChild, wait_for
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc, rooms_pb2, rooms_pb2_grpc
 
@@ -378,7 +385,12 @@ def run(
             AgentStore(db) as store,
         ):
             one = NewEvent(SKU, Kind.RECEIVE, 1)
-            recorded = record_at_rate(lambda n: store.record_many([one] * n), rate, seconds)
+            pids = {"hub": hub.pid, "agent": agent.pid}
+            if edge_child is not None:
+                pids["edge"] = edge_child.pid
+            pids |= {"watchers' process": child.pid, "producer (this process)": os.getpid()}
+            with CpuMeter(pids) as cpu:
+                recorded = record_at_rate(lambda n: store.record_many([one] * n), rate, seconds)
             poller.wait(first_seq + len(recorded) - 1, 60)
             at_watchers = _finish(child, BASE + len(recorded), recorded)
         watermark.close()
@@ -389,7 +401,12 @@ def run(
         if agent is not None:
             agent.stop()
         hub.stop()
-    return {"events": len(recorded), "applied": applied, "watchers": at_watchers}
+    return {
+        "events": len(recorded),
+        "applied": applied,
+        "watchers": at_watchers,
+        "cpu": cpu.figures,
+    }
 
 
 # -- the peer --------------------------------------------------------------------------
@@ -440,7 +457,11 @@ def run_peer(watchers: int, rate: float, seconds: float, workdir: Path) -> dict[
                         watchers_child("nats", names.room_subject, watchers) as child,
                         WatermarkPoller(reader) as poller,
                     ):
-                        recorded = await _record_peer(publisher, outbox, rows, rate, seconds)
+                        pids = {"consumer": _consumer.pid, **peer.nats_server_pids()}
+                        pids |= {"watchers' process": child.pid}
+                        pids["producer (this process)"] = os.getpid()
+                        with CpuMeter(pids) as cpu:
+                            recorded = await _record_peer(publisher, outbox, rows, rate, seconds)
                         await publisher.settle()
                         last = recorded_last = len(recorded) + 1
                         await asyncio.to_thread(poller.wait, recorded_last, 60)
@@ -452,7 +473,12 @@ def run_peer(watchers: int, rate: float, seconds: float, workdir: Path) -> dict[
                     assert last == seq
             finally:
                 await peer.drop_stream(js, names)
-        return {"events": len(recorded), "applied": applied, "watchers": at_watchers}
+        return {
+            "events": len(recorded),
+            "applied": applied,
+            "watchers": at_watchers,
+            "cpu": cpu.figures,
+        }
 
     try:
         return asyncio.run(go())
@@ -525,6 +551,22 @@ def _rows(
     return out
 
 
+def _cpu_rows(figures: dict[str, Any], where: str) -> list[Row]:
+    """What the recording stretch of one run cost in CPU: how busy the whole
+    machine was (when near 100 %, every process waits for a core), then
+    each process, as % of one core."""
+    out = [
+        Row(
+            f"CPU while recording ({where}): machine busy, of {figures['cores']} cores",
+            figures["machine_busy_pct"],
+            "%",
+        ),
+        Row("  taken by the host (steal), of all cores", figures["machine_steal_pct"], "%"),
+    ]
+    out += [Row(f"  {name}, of one core", pct, "%") for name, pct in figures["processes"].items()]
+    return out
+
+
 WHERE = {
     "edge": "gRPC watchers at a room edge",
     "edge-sse": "SSE watchers at a room edge",
@@ -562,6 +604,9 @@ def scenario(
     for where, ours in runs.items():
         # The targets are read off the first run (the deployment the docs advise).
         rows += _rows(ours, theirs, targets if where == via[0] else {}, transport, WHERE[where])
+        rows += _cpu_rows(ours["cpu"], WHERE[where])
+    if theirs is not None:
+        rows += _cpu_rows(theirs["cpu"], "the peer")
     return Scenario(
         "latency",
         {"watchers": watchers, "rate": rate, "seconds": seconds, "via": list(via)},

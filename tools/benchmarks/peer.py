@@ -48,6 +48,7 @@ __all__ = [
     "PeerNames",
     "consumer",
     "jetstream",
+    "nats_server_pids",
     "publish_outbox",
     "unavailable",
 ]
@@ -83,6 +84,19 @@ def unavailable(url: str = NATS_URL) -> str:
         return asyncio.run(asyncio.wait_for(probe(), 10))
     except Exception as e:
         return f"NATS at {host}:{port} did not answer ({e})"
+
+
+def nats_server_pids() -> dict[str, int]:
+    """``{"nats-server": pid}`` when one NATS server runs on this machine (the
+    peer's broker, for its CPU figures); else nothing: a broker elsewhere,
+    or several here, cannot be told apart."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "nats-server":
+                    found.append(int(entry.name))
+    return {"nats-server": found[0]} if len(found) == 1 else {}
 
 
 @contextlib.asynccontextmanager
