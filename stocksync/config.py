@@ -319,7 +319,7 @@ class HubConfig:
     max_reservation_lines: int = _knob(50, "Most lines (SKUs) in one reservation.")
     max_featured_skus: int = _knob(200, "Most SKUs a room features at once.")
     room_update_interval_ms: float = _knob(
-        50.0,
+        30.0,
         "A room publishes at most one update this often: the first change after a quiet "
         "spell goes out at once, later ones within the interval merge into one. 0: every "
         "applied batch that changes what a room shows is an update of its own.",
