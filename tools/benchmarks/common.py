@@ -169,7 +169,9 @@ class CpuMeter:
         self._at = time.monotonic()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:
+            return  # the stretch failed: its processes may be gone, and the error says why
         elapsed = time.monotonic() - self._at
         busy0, steal0, total0 = self._machine
         busy, steal, total = _machine_jiffies()

@@ -447,7 +447,7 @@ def run_peer(watchers: int, rate: float, seconds: float, workdir: Path) -> dict[
         async with peer.jetstream() as (_, js):
             await peer.make_stream(js, names)
             try:
-                with peer.consumer(hub_db, names, [SKU]) as _consumer:
+                with peer.consumer(hub_db, names, [SKU]) as consumer_child:
                     publisher = peer.Publisher(js, outbox, names.subject)
                     await publisher.publish(outbox.commit(rows(1, BASE)))
                     await publisher.settle()
@@ -457,7 +457,7 @@ def run_peer(watchers: int, rate: float, seconds: float, workdir: Path) -> dict[
                         watchers_child("nats", names.room_subject, watchers) as child,
                         WatermarkPoller(reader) as poller,
                     ):
-                        pids = {"consumer": _consumer.pid, **peer.nats_server_pids()}
+                        pids = {"consumer": consumer_child.pid, **peer.nats_server_pids()}
                         pids |= {"watchers' process": child.pid}
                         pids["producer (this process)"] = os.getpid()
                         with CpuMeter(pids) as cpu:
