@@ -286,17 +286,21 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
     # short command (record, import, status) would otherwise pay.
     import asyncio
 
+    from stocksync.agent.counts import Uncounted
     from stocksync.agent.link import AgentLink
     from stocksync.agent.wake import WakeListener
-    from stocksync.metrics import MetricsServer
     from stocksync.sdnotify import Notifier
 
     async def main_(stop: asyncio.Event) -> None:
-        link = AgentLink(config, store)
         systemd = Notifier()
         server = None
         if config.metrics:
-            server = MetricsServer(link.metrics.registry, config.metrics)
+            from stocksync.agent.metrics import AgentMetrics
+            from stocksync.metrics import MetricsServer
+
+            metrics = AgentMetrics(config.warehouse)
+            link = AgentLink(config, store, metrics)
+            server = MetricsServer(metrics.registry, config.metrics)
             try:
                 port = await server.start()
             except OSError as e:
@@ -306,6 +310,9 @@ def run(config_file: str | None, verbose: bool, **flags: Any) -> None:
             host = config.metrics.rpartition(":")[0]
             link.state.metrics = f"{host}:{port}"
             log.info("serving /metrics on %s", link.state.metrics)
+        else:
+            # Nothing could read a count: prometheus_client is never loaded.
+            link = AgentLink(config, store, Uncounted())
         wakes = WakeListener(config.db, link.wake)
         wakes.start()
         api = None

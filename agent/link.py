@@ -49,7 +49,7 @@ from tenacity import (
 )
 
 from stocksync import wire
-from stocksync.agent.metrics import AgentMetrics
+from stocksync.agent.counts import LinkMetrics
 from stocksync.agent.store import PRUNE_BATCH_ROWS, AgentStore, DaemonState, StoreError
 from stocksync.clock import wall_ms
 from stocksync.config import AgentConfig
@@ -141,14 +141,22 @@ class AgentLink:
         config: validated agent configuration.
         store: the warehouse's store (opened by the caller); read from the
             event loop. The daemon's own writes use a second connection.
+        metrics: where the link counts (default: a new
+            :class:`~stocksync.agent.metrics.AgentMetrics`; the daemon passes
+            :class:`~stocksync.agent.counts.Uncounted` when it serves no
+            ``/metrics``).
     """
 
     def __init__(
-        self, config: AgentConfig, store: AgentStore, metrics: AgentMetrics | None = None
+        self, config: AgentConfig, store: AgentStore, metrics: LinkMetrics | None = None
     ) -> None:
         self.config = config
         self.store = store
-        self.metrics = metrics or AgentMetrics(config.warehouse)
+        if metrics is None:
+            from stocksync.agent.metrics import AgentMetrics
+
+            metrics = AgentMetrics(config.warehouse)
+        self.metrics = metrics
         self.connected = False
         self.reconnects = 0
         self.failed_attempts = 0

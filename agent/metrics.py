@@ -18,6 +18,7 @@ import grpc
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from stocksync.agent.counts import RECONNECT_REASONS
 from stocksync.metrics import BUILD_INFO, ScrapeCollector, Spec, new_registry
 
 if TYPE_CHECKING:
@@ -114,9 +115,6 @@ SPECS = (
     FOLDED,
 )
 """Every agent metric, in the README's order."""
-
-RECONNECT_REASONS = ("unreachable", "refused", "lost", "stall")
-"""The fixed reasons of ``stocksync_agent_reconnects_total``."""
 
 LOCAL_ERRORS = ("NO_WELCOME", "PROTOCOL", "PRUNED", "STALLED", "CLOSED")
 ERROR_CODES = (*(c.name for c in grpc.StatusCode if c is not grpc.StatusCode.OK), *LOCAL_ERRORS)

@@ -208,7 +208,7 @@ class AgentConfig:
     metrics: str = _knob(
         "",
         "HOST:PORT where the daemon serves Prometheus /metrics (no authentication: bind it "
-        "where only Prometheus reaches). Empty: no metrics listener.",
+        "where only Prometheus reaches). Empty: no metrics listener, and nothing is counted.",
     )
     stall_after_s: float = _knob(
         60.0,
