@@ -13,6 +13,7 @@ machine is shared. The NATS JetStream peer runs where NATS answers at
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import os
@@ -27,8 +28,10 @@ import grpc
 import pytest
 from conftest import HUB, ctrl_c_reaches_it, run_cli, wait_until
 
+from stocksync.cli_common import GC_GEN0_THRESHOLD
 from stocksync.events import EventRow, validate_new_event
 from stocksync.tools.benchmarks.catchup import format_table, make_events, raw_apply
+from stocksync.tools.benchmarks.common import collecting_as_a_daemon
 from stocksync.tools.benchmarks.limits import DURABLE_METHOD, echo_server
 
 
@@ -336,6 +339,15 @@ def test_fanout_delivers_every_change_to_every_watcher_both_ways() -> None:
     # Plain sends every message: each watcher gets its room's every change.
     one_room = runs[0]["plain"]
     assert one_room["messages"] == 6 * 30
+
+
+def test_a_servicer_measured_in_the_bench_collects_garbage_as_the_daemons_do() -> None:
+    before = gc.get_threshold()
+    with collecting_as_a_daemon():
+        assert gc.get_threshold()[0] == GC_GEN0_THRESHOLD
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_slow_watchers_leave_the_others_every_change() -> None:

@@ -12,6 +12,7 @@ limit and less is slower; for a latency, 1.0 is the limit and more is slower.
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.metadata
 import os
 import platform
@@ -19,7 +20,7 @@ import shutil
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "CpuMeter",
     "Row",
     "Scenario",
+    "collecting_as_a_daemon",
     "cpu_s",
     "format_rows",
     "machine",
@@ -131,6 +133,25 @@ def latency_summary(seconds: Iterable[float]) -> dict[str, float]:
         "p999_ms": round(p999 * 1000, 3),
         "max_ms": round((values[-1] if values else 0.0) * 1000, 3),
     }
+
+
+@contextlib.contextmanager
+def collecting_as_a_daemon() -> Iterator[None]:
+    """Within: this process's garbage collector set as stocksync's daemons set
+    theirs (:func:`stocksync.cli_common.tune_gc`: what is loaded is frozen,
+    young collections are rarer), for a servicer measured in this process;
+    as it was, after. Without it, a full collection of the benchmark's own
+    heap (~30-45 ms, once in the first second of a fan-out run) stalls the
+    servicer in a way the hub does not."""
+    from stocksync.cli_common import tune_gc
+
+    threshold = gc.get_threshold()
+    tune_gc()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def cpu_s(pid: int) -> float:

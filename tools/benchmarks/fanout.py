@@ -12,7 +12,9 @@ queue). The watchers run in a child process (a core of their own on a
 mode. ``updates`` stock changes go round-robin over the rooms at ``rate``
 per second in all; half of a room's changes hit its first SKU (the hot one),
 the rest one of its other SKUs at random (seeded). Each change is one new
-position in its room.
+position in its room. This process collects garbage as the hub daemon does
+(:func:`~stocksync.tools.benchmarks.common.collecting_as_a_daemon`); the
+watchers' process collects none while it measures.
 
 A change's latency at a watcher runs from its publication to the watcher
 first receiving a message at or past its position (a merged message counts
@@ -26,6 +28,7 @@ others'.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import statistics
@@ -46,7 +49,13 @@ from stocksync.hub.rooms import (
     RoomHub,
 )
 from stocksync.hub.stock import StockBook
-from stocksync.tools.benchmarks.common import Against, Row, Scenario, latency_summary
+from stocksync.tools.benchmarks.common import (
+    Against,
+    Row,
+    Scenario,
+    collecting_as_a_daemon,
+    latency_summary,
+)
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
 
 __all__ = ["PlainFanout", "run", "scenario", "slow_scenario"]
@@ -370,7 +379,8 @@ def run(
 ) -> list[dict[str, Any]]:
     """rooms, then plain, with the same watchers and changes; their figures."""
     modes = [("rooms", slow_share), ("plain", slow_share)]
-    return asyncio.run(_run_all(rooms, watchers, updates, rate, modes))
+    with collecting_as_a_daemon():
+        return asyncio.run(_run_all(rooms, watchers, updates, rate, modes))
 
 
 def scenario(
@@ -427,7 +437,8 @@ def slow_scenario(
     seconds apart swings either way with the machine's load)."""
     say(f"slow-watchers: 1 room x {watchers} watchers, {slow_share:.0%} slow, {rounds} rounds")
     modes = [("rooms", 0.0), ("rooms", slow_share)] * rounds
-    results = asyncio.run(_run_all(1, watchers, updates, rate, modes))
+    with collecting_as_a_daemon():
+        results = asyncio.run(_run_all(1, watchers, updates, rate, modes))
     without, with_slow = results[0::2], results[1::2]
 
     def median(runs: list[dict[str, Any]], q: str) -> float:
@@ -462,4 +473,7 @@ def slow_scenario(
 
 
 if __name__ == "__main__":
+    # The measuring process collects no garbage while it measures: its own
+    # pauses would be counted as the watchers' latency.
+    gc.disable()
     asyncio.run(_watch(json.loads(sys.argv[1])))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import json
 import os
 import subprocess
@@ -626,4 +627,7 @@ def _fresh(path: Path) -> Path:
 
 
 if __name__ == "__main__":
+    # The measuring process collects no garbage while it measures: its own
+    # pauses would be counted as the watchers' latency.
+    gc.disable()
     asyncio.run(_watchers_child(sys.argv[1], sys.argv[2], int(sys.argv[3])))
