@@ -4,8 +4,8 @@
 ``stocksync-agent run --metrics``. Without ``--metrics`` nothing could ever
 read a count, so the daemon passes :class:`Uncounted` instead and never
 loads prometheus_client: its package loads its HTTP exposition with it,
-~50 ms of an agent's start-up on a 2-core edge box (``python -X
-importtime``), which every agent restarted at once would pay together.
+~70 ms of CPU of an agent's ~0.37 s start-up (docs/benchmarks.md), which
+agents restarted together would pay together, and ~4 MiB of its memory.
 """
 
 from __future__ import annotations
