@@ -432,34 +432,39 @@ def test_an_agent_loads_prometheus_client_only_to_serve_metrics(
 ) -> None:
     """Without --metrics no count could ever be read: the daemon streams as
     ever and leaves prometheus_client (~70 ms of its start-up) unloaded."""
-    hub = HubChild(tmp_path / "hub.db", tmp_path / "hub.log")
-    port = hub.wait_ready(30)
     db = tmp_path / "lax.db"
     for sku in ("SKU-1", "SKU-2"):
         run_cli(
             *command("stocksync-agent"), "record", "receive", sku, "4", "--db", str(db), check=True
-        )
-    modules = tmp_path / "modules.json"
-    args = ["run", "--warehouse", WH, "--hub", f"127.0.0.1:{port}", "--db", str(db), "--insecure"]
-    if served:
-        args += ["--metrics", "127.0.0.1:0"]
-    with (tmp_path / "agent.log").open("wb") as log:
-        agent = subprocess.Popen(
-            [sys.executable, "-c", AGENT_REPORTING_ITS_MODULES, str(modules), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
         )
 
     def pending() -> int:
         status = run_cli(*command("stocksync-agent"), "status", "--db", str(db), "--json")
         return int(json.loads(status.stdout)["pending"])
 
+    modules = tmp_path / "modules.json"
+    hub = HubChild(tmp_path / "hub.db", tmp_path / "hub.log")
     try:
-        wait_until(lambda: pending() == 0, 30, "the hub to acknowledge both events")
+        port = hub.wait_ready(30)
+        args = ["run", "--warehouse", WH, "--hub", f"127.0.0.1:{port}", "--db", str(db)]
+        args += ["--insecure", *(["--metrics", "127.0.0.1:0"] if served else [])]
+        with (tmp_path / "agent.log").open("wb") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-c", AGENT_REPORTING_ITS_MODULES, str(modules), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(lambda: pending() == 0, 30, "the hub to acknowledge both events")
+        finally:
+            agent.terminate()
+            try:
+                code = agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                raise
     finally:
-        agent.terminate()
-        code = agent.wait(30)
-        hub.stop(30)
+        hub.kill()
     assert code == 0, (tmp_path / "agent.log").read_text()
     loaded = json.loads(modules.read_text())
     if served:
