@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import random
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import HUB, HubProcess, dump_hub, run_cli, wait_until
+from conftest import HUB, HubProcess, dump_hub, read_only, run_cli, wait_until
 
 from stocksync.v1 import inventory_pb2, inventory_pb2_grpc, sync_pb2, sync_pb2_grpc
 
@@ -279,7 +280,15 @@ def test_an_expired_reservation_cannot_be_committed(hub: HubProcess) -> None:
         get = inventory_pb2.GetReservationRequest(reservation_id=rid)
         return int(call(hub.target, "GetReservation", get).reservation.status)
 
+    def stored_state() -> str | None:
+        with contextlib.closing(read_only(hub.db)) as conn:
+            row = conn.execute("SELECT state FROM reservations WHERE id = ?", (rid,)).fetchone()
+        return None if row is None else str(row[0])
+
     wait_until(lambda: status() == inventory_pb2.RESERVATION_STATUS_RELEASED, 30, "expiry")
+    # The hub expires in memory first and writes the release a moment later
+    # (the tick's write): compare the store from then on.
+    wait_until(lambda: stored_state() == "RELEASED", 30, "the expiry to be stored")
     before = dump_hub(hub.db)
     err = refusal(hub.target, "Commit", inventory_pb2.CommitRequest(reservation_id=rid))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
