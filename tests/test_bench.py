@@ -20,6 +20,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from conftest import HUB, ctrl_c_reaches_it, run_cli, wait_until
 from stocksync.cli_common import GC_GEN0_THRESHOLD
 from stocksync.events import EventRow, validate_new_event
 from stocksync.tools.benchmarks.catchup import format_table, make_events, raw_apply
-from stocksync.tools.benchmarks.common import collecting_as_a_daemon
+from stocksync.tools.benchmarks.common import CpuMeter, collecting_as_a_daemon
 from stocksync.tools.benchmarks.limits import DURABLE_METHOD, echo_server
 
 
@@ -292,6 +293,13 @@ def test_latency_times_every_event_at_the_hub_and_every_watcher(peer_reason: str
         # Recording, applying and watching keep the machine busy: never nil.
         assert 0 < cpu["machine_busy_pct"] <= 100 and 0 <= cpu["machine_steal_pct"] <= 100
         assert all(pct >= 0 for pct in cpu["processes"].values())
+        # Every process's run-queue delay is taken alongside its CPU.
+        assert set(cpu["waits"]) == set(cpu["processes"])
+        for wait in cpu["waits"].values():
+            assert wait["waited_pct"] >= 0 and wait["mean_wait_us"] >= 0
+        # The daemons doing the work were woken (stocksync's hub and agent, the peer's consumer).
+        daemons = {"hub", "agent", "consumer"} & set(cpu["waits"])
+        assert daemons and all(cpu["waits"][name]["runs_per_s"] > 0 for name in daemons)
     for where, figures in ours.items():
         named = set(figures["cpu"]["processes"])
         assert {"hub", "agent", "watchers' process"} <= named
@@ -348,6 +356,30 @@ def test_a_servicer_measured_in_the_bench_collects_garbage_as_the_daemons_do() -
         assert gc.get_freeze_count() > 0
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+def test_the_cpu_meter_sees_two_processes_wait_for_one_core() -> None:
+    """Two busy processes held to one core take turns on it: each is ready
+    to run about half the time it is not running, and the meter says so."""
+    core = min(os.sched_getaffinity(0))
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        for child in busy:
+            os.sched_setaffinity(child.pid, {core})
+        time.sleep(0.2)
+        with CpuMeter({f"busy{i}": child.pid for i, child in enumerate(busy)}) as meter:
+            time.sleep(1.0)
+    finally:
+        for child in busy:
+            child.kill()
+            child.wait()
+    for name in ("busy0", "busy1"):
+        # One core between two: neither runs much more than half the time,
+        # and each waits for the core while the other has it.
+        assert meter.figures["processes"][name] < 75
+        wait = meter.figures["waits"][name]
+        assert wait["waited_pct"] > 20
+        assert wait["mean_wait_us"] > 0 and wait["runs_per_s"] > 0
 
 
 def test_slow_watchers_leave_the_others_every_change() -> None:

@@ -35,6 +35,7 @@ __all__ = [
     "machine",
     "percentiles",
     "rss_kb",
+    "run_queue",
     "versions",
 ]
 
@@ -161,6 +162,40 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def run_queue(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread of a process: (ns spent runnable but waiting for a core,
+    times it was put on a core) since the thread began, from
+    ``/proc/<pid>/task/<tid>/schedstat`` (the kernel's scheduler delay
+    accounting). Threads that end between two readings drop out."""
+    out: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    _on_cpu, waited, runs = (int(v) for v in f.read().split()[:3])
+                out[int(tid)] = (waited, runs)
+    return out
+
+
+def _waits(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], elapsed: float
+) -> dict[str, float]:
+    """What :func:`run_queue` readings say of the stretch between them: the
+    share of it the process's threads spent waiting for a core (summed over
+    threads, so it can pass 100), and the mean wait each time one was put on
+    a core."""
+    waited = runs = 0
+    for tid, (w, r) in after.items():
+        w0, r0 = before.get(tid, (0, 0))
+        waited += w - w0
+        runs += r - r0
+    return {
+        "waited_pct": round(100 * waited / 1e9 / max(elapsed, 1e-9), 1),
+        "mean_wait_us": round(waited / 1e3 / runs, 1) if runs else 0.0,
+        "runs_per_s": round(runs / max(elapsed, 1e-9)),
+    }
+
+
 def _machine_jiffies() -> tuple[int, int, int]:
     """(busy, steal, total) jiffies over every core since boot, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -176,8 +211,12 @@ class CpuMeter:
     ``machine_busy_pct`` (user, system and interrupts, as % of every core:
     100 is the whole machine), ``machine_steal_pct`` (taken by the host
     under a virtual machine, same scale), ``cores``, and ``processes``: each
-    named process's user + system CPU as % of one core. What a latency
-    scenario is limited by when the machine is near 100 % busy.
+    named process's user + system CPU as % of one core; and ``waits``: for
+    each named process, how long its threads were ready to run but waited
+    for a core (:func:`run_queue`: ``waited_pct`` of the stretch, summed over
+    threads; ``mean_wait_us`` each time one was put on a core; ``runs_per_s``,
+    how often that was). What a latency scenario is limited by when the
+    machine is near 100 % busy: every hop of a message waits there.
     """
 
     def __init__(self, pids: dict[str, int]) -> None:
@@ -187,6 +226,7 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self._machine = _machine_jiffies()
         self._procs = {name: cpu_s(pid) for name, pid in self.pids.items()}
+        self._queues = {name: run_queue(pid) for name, pid in self.pids.items()}
         self._at = time.monotonic()
         return self
 
@@ -204,6 +244,10 @@ class CpuMeter:
             "machine_steal_pct": round(100 * (steal - steal0) / ticks, 1),
             "processes": {
                 name: round(100 * (cpu_s(pid) - self._procs[name]) / max(elapsed, 1e-9), 1)
+                for name, pid in self.pids.items()
+            },
+            "waits": {
+                name: _waits(self._queues[name], run_queue(pid), elapsed)
                 for name, pid in self.pids.items()
             },
         }

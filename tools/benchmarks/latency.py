@@ -555,7 +555,9 @@ def _rows(
 def _cpu_rows(figures: dict[str, Any], where: str) -> list[Row]:
     """What the recording stretch of one run cost in CPU: how busy the whole
     machine was (when near 100 %, every process waits for a core), then
-    each process, as % of one core."""
+    each process, as % of one core, and how long its threads waited for a
+    core each time one woke (the kernel's run-queue delay; every hop of an
+    event pays it)."""
     out = [
         Row(
             f"CPU while recording ({where}): machine busy, of {figures['cores']} cores",
@@ -564,7 +566,13 @@ def _cpu_rows(figures: dict[str, Any], where: str) -> list[Row]:
         ),
         Row("  taken by the host (steal), of all cores", figures["machine_steal_pct"], "%"),
     ]
-    out += [Row(f"  {name}, of one core", pct, "%") for name, pct in figures["processes"].items()]
+    waits = figures.get("waits", {})
+    for name, pct in figures["processes"].items():
+        out.append(Row(f"  {name}, of one core", pct, "%"))
+        if name in waits:
+            out.append(
+                Row("    waited for a core, mean per wake-up", waits[name]["mean_wait_us"], "us")
+            )
     return out
 
 
