@@ -344,6 +344,16 @@ def test_fanout_delivers_every_change_to_every_watcher_both_ways() -> None:
         for mode in ("rooms_servicer", "plain"):
             figures = run[mode]
             assert figures["pairs"] == figures["expected_pairs"] > 0
+            # What publishing cost: the servicer's process and the watchers'.
+            cpu = figures["cpu"]
+            assert set(cpu["processes"]) == set(cpu["waits"])
+            assert set(cpu["processes"]) == {"servicer (this process)", "watchers' process"}
+            assert all(w["runs_per_s"] > 0 for w in cpu["waits"].values())
+    labels = [row["measure"] for row in result["rows"]]
+    assert (
+        labels.count("CPU while publishing: machine busy, of " + str(os.cpu_count()) + " cores")
+        == 2
+    )
     # Plain sends every message: each watcher gets its room's every change.
     one_room = runs[0]["plain"]
     assert one_room["messages"] == 6 * 30

@@ -30,6 +30,7 @@ __all__ = [
     "Row",
     "Scenario",
     "collecting_as_a_daemon",
+    "cpu_rows",
     "cpu_s",
     "format_rows",
     "machine",
@@ -251,6 +252,27 @@ class CpuMeter:
                 for name, pid in self.pids.items()
             },
         }
+
+
+def cpu_rows(figures: dict[str, Any], title: str) -> list[Row]:
+    """A :class:`CpuMeter`'s figures as rows: how busy the whole machine was
+    (when near 100 %, every process waits for a core), then each process, as
+    % of one core, and how long its threads waited for a core each time one
+    woke (the kernel's run-queue delay; every hop of a message pays it)."""
+    out = [
+        Row(
+            f"{title}: machine busy, of {figures['cores']} cores", figures["machine_busy_pct"], "%"
+        ),
+        Row("  taken by the host (steal), of all cores", figures["machine_steal_pct"], "%"),
+    ]
+    waits = figures.get("waits", {})
+    for name, pct in figures["processes"].items():
+        out.append(Row(f"  {name}, of one core", pct, "%"))
+        if name in waits:
+            out.append(
+                Row("    waited for a core, mean per wake-up", waits[name]["mean_wait_us"], "us")
+            )
+    return out
 
 
 def rss_kb(pid: int) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
 import random
 import statistics
 import subprocess
@@ -51,9 +52,11 @@ from stocksync.hub.rooms import (
 from stocksync.hub.stock import StockBook
 from stocksync.tools.benchmarks.common import (
     Against,
+    CpuMeter,
     Row,
     Scenario,
     collecting_as_a_daemon,
+    cpu_rows,
     latency_summary,
 )
 from stocksync.v1 import rooms_pb2, rooms_pb2_grpc
@@ -254,14 +257,16 @@ async def _measure(
     if line.strip() != b"ready":
         raise RuntimeError(f"the watchers' process failed to start: {line!r}")
     published: list[list[float]] = [[] for _ in spec["rooms"]]
-    started = time.monotonic()
-    for i, (room, _) in enumerate(changes):
-        publish(i)
-        published[room].append(time.monotonic())
-        if rate:
-            await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
-        else:
-            await asyncio.sleep(0)
+    pids = {"servicer (this process)": os.getpid(), "watchers' process": child.pid}
+    with CpuMeter(pids) as cpu:
+        started = time.monotonic()
+        for i, (room, _) in enumerate(changes):
+            publish(i)
+            published[room].append(time.monotonic())
+            if rate:
+                await asyncio.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
+            else:
+                await asyncio.sleep(0)
     child.stdin.write((json.dumps(published) + "\n").encode())
     await child.stdin.drain()
     report: dict[str, Any] = json.loads(await child.stdout.readline())
@@ -271,6 +276,7 @@ async def _measure(
         mode=spec["mode"],
         elapsed_s=round(elapsed, 3),
         updates_per_s=report["pairs"] / elapsed,
+        cpu=cpu.figures,
     )
     return report
 
@@ -415,6 +421,7 @@ def scenario(
                 [Against("plain fan-out p99", limit["latency"]["p99_ms"])],
                 "<= 100 ms" if n == 1 else "",
             ),
+            *cpu_rows(ours["cpu"], "CPU while publishing"),
         ]
     return Scenario(
         "fanout",

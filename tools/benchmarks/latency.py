@@ -52,6 +52,7 @@ from stocksync.tools.benchmarks.common import (
     CpuMeter,
     Row,
     Scenario,
+    cpu_rows,
     latency_summary,
 )
 from stocksync.tools.procs import AgentChild, EdgeChild, HubChild, wait_for
@@ -552,30 +553,6 @@ def _rows(
     return out
 
 
-def _cpu_rows(figures: dict[str, Any], where: str) -> list[Row]:
-    """What the recording stretch of one run cost in CPU: how busy the whole
-    machine was (when near 100 %, every process waits for a core), then
-    each process, as % of one core, and how long its threads waited for a
-    core each time one woke (the kernel's run-queue delay; every hop of an
-    event pays it)."""
-    out = [
-        Row(
-            f"CPU while recording ({where}): machine busy, of {figures['cores']} cores",
-            figures["machine_busy_pct"],
-            "%",
-        ),
-        Row("  taken by the host (steal), of all cores", figures["machine_steal_pct"], "%"),
-    ]
-    waits = figures.get("waits", {})
-    for name, pct in figures["processes"].items():
-        out.append(Row(f"  {name}, of one core", pct, "%"))
-        if name in waits:
-            out.append(
-                Row("    waited for a core, mean per wake-up", waits[name]["mean_wait_us"], "us")
-            )
-    return out
-
-
 WHERE = {
     "edge": "gRPC watchers at a room edge",
     "edge-sse": "SSE watchers at a room edge",
@@ -613,9 +590,9 @@ def scenario(
     for where, ours in runs.items():
         # The targets are read off the first run (the deployment the docs advise).
         rows += _rows(ours, theirs, targets if where == via[0] else {}, transport, WHERE[where])
-        rows += _cpu_rows(ours["cpu"], WHERE[where])
+        rows += cpu_rows(ours["cpu"], f"CPU while recording ({WHERE[where]})")
     if theirs is not None:
-        rows += _cpu_rows(theirs["cpu"], "the peer")
+        rows += cpu_rows(theirs["cpu"], "CPU while recording (the peer)")
     return Scenario(
         "latency",
         {"watchers": watchers, "rate": rate, "seconds": seconds, "via": list(via)},
